@@ -1,0 +1,41 @@
+"""Typed, frozen job configuration: YAML -> overrides -> strict validation."""
+
+from pipelines.config.data import AugmentSection, DataSection, ShardSection, SourceSection
+from pipelines.config.job import JobConfig
+from pipelines.config.loader import (
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    load_config,
+    parse_override_value,
+)
+from pipelines.config.model import ModelSection
+from pipelines.config.runtime import ClusterSection, TrackingSection
+from pipelines.config.training import (
+    CheckpointSection,
+    DeepSpeedSection,
+    OptimSection,
+    ScheduleSection,
+    TrainSection,
+)
+
+__all__ = [
+    "AugmentSection",
+    "CheckpointSection",
+    "ClusterSection",
+    "DataSection",
+    "DeepSpeedSection",
+    "JobConfig",
+    "ModelSection",
+    "OptimSection",
+    "ScheduleSection",
+    "ShardSection",
+    "SourceSection",
+    "TrackingSection",
+    "TrainSection",
+    "apply_overrides",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "parse_override_value",
+]

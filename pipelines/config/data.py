@@ -1,0 +1,91 @@
+"""`shard:`, `data:` and `augment:` — how images become shards, and shards become batches."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipelines.config.base import Section
+
+SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits"]
+_KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")
+
+
+class SourceSection(Section):
+    kind: SourceKind
+    path: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    path_column: str = "path"
+    num_classes: int = Field(10, ge=1, description="fractal: number of classes")
+    images_per_class: int = Field(100, ge=1, description="fractal: images per class")
+    image_size: int = Field(64, ge=8, description="fractal: rendered size; digits: upscaled size")
+    num_points: int = Field(20_000, ge=100, description="fractal: chaos-game points per image")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_path(self) -> SourceSection:
+        if self.kind in _KINDS_WITH_PATH and not self.path:
+            raise ValueError(f"shard.source.path is required for kind {self.kind!r}")
+        return self
+
+
+class ShardSection(Section):
+    source: SourceSection
+    output: str
+    samples_per_shard: int = Field(1000, ge=1)
+    max_size: int | None = Field(None, ge=8, description="resize the shorter side on write")
+    image_format: Literal["jpeg", "png", "keep"] = "jpeg"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    num_workers: int = Field(2, ge=1, description="Ray tasks in flight")
+    max_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected")
+
+
+class DataSection(Section):
+    train_shards: str | None = None
+    val_shards: str | None = Field(None, description="None: the val split of train_shards")
+    train_split: str = "train"
+    val_split: str = "val"
+    num_workers: int = Field(2, ge=0, description="dataloader workers per rank")
+    prefetch_factor: int = Field(2, ge=1)
+    shuffle_buffer: int = Field(1000, ge=0)
+    max_skip_fraction: float = Field(0.01, ge=0, le=1)
+    decode_device: Literal["cpu", "cuda"] = "cpu"
+    pin_memory: bool | None = Field(None, description="None: on when training on a GPU")
+    worker_start_method: Literal["forkserver", "spawn", "fork"] = Field(
+        "forkserver",
+        description="how dataloader workers start; fork deadlocks in threaded hosts like Ray workers",
+    )
+    max_pixels: int = Field(
+        89_478_485, ge=1, description="larger images are skipped before they are decoded"
+    )
+
+
+class AugmentSection(Section):
+    scale: list[float] = Field([0.08, 1.0], min_length=2, max_length=2)
+    ratio: list[float] = Field([0.75, 1.3333333], min_length=2, max_length=2)
+    hflip: float = Field(0.5, ge=0, le=1)
+    randaugment: bool = False
+    randaugment_num_ops: int = Field(2, ge=1)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    mean: list[float] = Field([0.5, 0.5, 0.5], min_length=1)
+    std: list[float] = Field([0.5, 0.5, 0.5], min_length=1)
+    eval_crop_pct: float = Field(0.875, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> AugmentSection:
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"augment.scale={self.scale} must satisfy 0 < min <= max <= 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"augment.ratio={self.ratio} must satisfy 0 < min <= max")
+        if len(self.mean) != len(self.std):
+            raise ValueError("augment.mean and augment.std must have the same length")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"augment.std={self.std} must be positive")
+        return self

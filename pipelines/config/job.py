@@ -1,0 +1,88 @@
+"""The whole job config: every section, plus the checks that span sections."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from pipelines.config.base import Section
+from pipelines.config.data import AugmentSection, DataSection, ShardSection
+from pipelines.config.model import ModelSection
+from pipelines.config.runtime import ClusterSection, TrackingSection
+from pipelines.config.training import (
+    CheckpointSection,
+    DeepSpeedSection,
+    OptimSection,
+    ScheduleSection,
+    TrainSection,
+)
+from pipelines.errors import ConfigError
+
+
+class JobConfig(Section):
+    name: str = Field("vitpipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    run_dir: str | None = Field(None, description="None: runs/<name>")
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    augment: AugmentSection = AugmentSection()
+    optim: OptimSection = OptimSection()
+    schedule: ScheduleSection = ScheduleSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    train: TrainSection = TrainSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    tracking: TrackingSection = TrackingSection()
+    cluster: ClusterSection = ClusterSection()
+    shard: ShardSection | None = None
+
+    @model_validator(mode="after")
+    def _check_across_sections(self) -> JobConfig:
+        problems = []
+        try:
+            self.grad_accum_steps(self.cluster.num_workers)
+        except ConfigError as err:
+            problems.extend(err.problems)
+        if self.schedule.warmup_steps >= self.train.total_steps:
+            problems.append(
+                f"schedule.warmup_steps={self.schedule.warmup_steps} must be less than "
+                f"train.total_steps={self.train.total_steps}"
+            )
+        if self.data.decode_device == "cuda" and not self.cluster.use_gpu:
+            problems.append("data.decode_device='cuda' needs cluster.use_gpu=true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Accumulation steps that make micro x accum x world equal the global batch."""
+        t = self.train
+        per_step = t.micro_batch_size * world_size
+        if t.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                f"train.micro_batch_size={t.micro_batch_size} x world size {world_size}"
+            )
+        accum = t.global_batch_size // per_step
+        if t.grad_accum_steps is not None and t.grad_accum_steps != accum:
+            raise ConfigError(
+                f"train.global_batch_size={t.global_batch_size} != train.micro_batch_size="
+                f"{t.micro_batch_size} x train.grad_accum_steps={t.grad_accum_steps} x world "
+                f"size {world_size}; set grad_accum_steps to {accum} or leave it null"
+            )
+        return accum
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, *sections: str) -> str:
+        """A stable hash of the given sections (all when none), for checkpoints to compare."""
+        data = self.to_dict()
+        if sections:
+            data = {name: data[name] for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

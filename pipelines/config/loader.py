@@ -1,0 +1,159 @@
+"""YAML file -> `--set` overrides -> one strict validation -> a frozen `JobConfig`.
+
+Every problem is collected and reported together, each naming its dotted field, the bad
+value and what is allowed, so a user fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pipelines.config.job import JobConfig
+from pipelines.errors import ConfigError
+
+_NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Read, override and validate a job config; raises `ConfigError` listing every problem."""
+    path = Path(path)
+    raw = read_yaml(path)
+    raw.setdefault("name", re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem))
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}"
+        ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections, got a {type(raw).__name__}"
+        )
+    return raw
+
+
+def parse_override_value(text: str) -> Any:
+    """A `--set` value as YAML, except that `3e-4` is a number (PyYAML 1.1 reads it as text)."""
+    if _NUMBER_RE.match(text.strip()):
+        value = float(text)
+        return int(value) if re.fullmatch(r"[-+]?\d+", text.strip()) else value
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings to a nested dict (a copy); unknown keys are caught later."""
+    result = _deep_copy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        node = result
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                dotted = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {item!r}: {dotted} is a value, not a section")
+            node = child
+        node[parts[-1]] = parse_override_value(value)
+    return result
+
+
+def config_from_dict(raw: dict[str, Any]) -> JobConfig:
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError([_describe(e) for e in err.errors()]) from None
+
+
+def dump_config(config: JobConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line for one pydantic error: dotted field, what was given, what is allowed."""
+    loc = [str(p) for p in error["loc"]]
+    dotted = ".".join(loc) or "config"
+    given = error.get("input")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _field_names(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
+        return f"{dotted}: unknown key; {hint}"
+    if kind in ("float_type", "int_type") and isinstance(given, str):
+        hint = ""
+        if _NUMBER_RE.match(given.strip()):
+            hint = (
+                f" (YAML reads {given} as text: write it with a decimal point and signed "
+                f"exponent, e.g. {_yaml_float(given)})"
+            )
+        return f"{dotted}: expected a number, got the string {given!r}{hint}"
+    if kind == "string_type" and isinstance(given, bool):
+        return (
+            f"{dotted}: expected a string, got {given} (YAML reads yes/no/on/off as booleans; "
+            "quote the value)"
+        )
+    if kind == "value_error":
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        return message if loc == [] or message.startswith(loc[0]) else f"{dotted}: {message}"
+    return f"{dotted}: {error['msg']}, got {given!r}"
+
+
+def _yaml_float(text: str) -> str:
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return f"{mantissa}e{exponent}" if exponent else mantissa
+
+
+def _field_names(loc: list[str]) -> list[str]:
+    model: type[BaseModel] | None = JobConfig
+    for part in loc:
+        field = model.model_fields.get(part) if model else None
+        model = _model_in(field.annotation) if field else None
+    return sorted(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None

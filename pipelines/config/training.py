@@ -1,0 +1,68 @@
+"""`optim:`, `schedule:`, `deepspeed:`, `train:` and `checkpoint:` — how the model is trained."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipelines.config.base import Section
+
+
+class OptimSection(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0, description="None: no clipping")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay")
+    fused: bool | None = Field(None, description="None: fused kernels when on a GPU")
+
+
+class ScheduleSection(Section):
+    warmup_steps: int = Field(0, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class DeepSpeedSection(Section):
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    offload_optimizer: bool = False
+    offload_param: bool = False
+
+    @model_validator(mode="after")
+    def _check_offload(self) -> DeepSpeedSection:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
+        return self
+
+
+class TrainSection(Section):
+    total_steps: int = Field(1000, ge=1)
+    global_batch_size: int = Field(256, ge=1)
+    micro_batch_size: int = Field(32, ge=1)
+    grad_accum_steps: int | None = Field(None, ge=1, description="None: derived")
+    seed: int = 0
+    loss: Literal["softmax_ce", "sigmoid_bce"] = "softmax_ce"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    log_every_n_steps: int = Field(10, ge=1)
+    eval_every_n_steps: int | None = Field(None, ge=1, description="None: only at the end")
+    eval_max_batches: int | None = Field(None, ge=1, description="None: the whole val split")
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    peak_tflops: float | None = Field(None, gt=0, description="None: measured at start-up")
+    fewshot_every_n_steps: int | None = Field(None, ge=1)
+    fewshot_shots: list[int] = Field([5, 10], min_length=1)
+    record_sample_keys: bool = Field(
+        False, description="write every consumed sample key to <run dir>/sample_keys/ (audits)"
+    )
+
+
+class CheckpointSection(Section):
+    every_n_steps: int | None = Field(None, ge=1, description="None: only at the end")
+    keep_last: int = Field(2, ge=2)
