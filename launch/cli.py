@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pipelines.errors import VitpipeError
 
 # Listed here only once they work: `vitpipe --help` shows exactly these.
-COMMANDS = ("check_config",)
+COMMANDS = ("check_config", "shard")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,205 @@
+"""Images/s of vitpipe's ShardLoader against torchvision ImageFolder + DataLoader.
+
+Both read the same generated photos-like JPEGs: ImageFolder the originals (~256 px), the shards
+the same images pre-resized at shard time (shorter side `--shard-size`, as `vitpipe shard` does
+with `shard.max_size`). Both decode with the same decoder (`--baseline-decoder same`) or the
+baseline uses PIL, torchvision's default loader (`pil`), and both run RandomResizedCrop 224 +
+flip + float + normalise with the same worker count and batch size. Runs are interleaved
+(shards, ImageFolder, shards, ...), each preceded by one warm-up, and medians are compared.
+
+    .venv/bin/python benchmarks/loader.py                       # ~2 min on 2 cores
+    .venv/bin/python benchmarks/loader.py --images 4000 --rounds 5 --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as T
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.config.data import AugmentSection, DataSection  # noqa: E402
+from pipelines.data.loader import ShardLoader  # noqa: E402
+from pipelines.data.loader.transforms import _decode_rgb  # noqa: E402
+from pipelines.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest  # noqa: E402
+from pipelines.data.storage import locate  # noqa: E402
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def _photo(rng: np.random.Generator, height: int, width: int) -> Image.Image:
+    """A smooth, textured image: JPEG sizes and decode cost close to real photos."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.zeros((height, width, 3), np.float32)
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.005, 0.05, 2).tolist() + [rng.uniform(0, 6.3)]
+        img[..., c] = 128 + 90 * np.sin(fx * x + fy * y + phase)
+    for _ in range(6):
+        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(10, 60)
+        mask = (y - cy) ** 2 + (x - cx) ** 2 < r * r
+        img[mask] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 12, img.shape)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+def generate(
+    root: Path, num_images: int, size: int, shard_size: int, per_shard: int, num_classes: int = 10
+) -> tuple[Path, Path]:
+    folder, shards = root / "imagefolder", root / "shards"
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(num_images):
+        label = i % num_classes
+        width = int(size * rng.uniform(1.0, 1.33))
+        img = _photo(rng, size, width)
+        path = folder / f"class{label:02d}" / f"img{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, quality=90)
+        scale = shard_size / min(img.size)
+        small = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+        buf = io.BytesIO()
+        small.save(buf, format="JPEG", quality=90)
+        entries.append((f"img{i:05d}", label, buf.getvalue()))
+    shards.mkdir(parents=True)
+    infos = []
+    for s in range(0, num_images, per_shard):
+        name = f"train-{s // per_shard:06d}.tar"
+        with tarfile.open(shards / name, "w") as tar:
+            for key, label, data in entries[s : s + per_shard]:
+                for ext, payload in (("cls", str(label).encode()), ("jpg", data)):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        blob = (shards / name).read_bytes()
+        count = len(entries[s : s + per_shard])
+        infos.append(ShardInfo(name, count, len(blob), hashlib.sha256(blob).hexdigest()))
+    classes = tuple(f"class{c:02d}" for c in range(num_classes))
+    write_manifest(locate(str(shards)), Manifest(classes, {"train": SplitInfo(tuple(infos))}))
+    return folder, shards
+
+
+def _tensor_loader(path: str) -> torch.Tensor:
+    with open(path, "rb") as f:
+        return _decode_rgb(f.read())
+
+
+def run_imagefolder(folder: Path, args, decoder: str) -> float:
+    steps = [T.RandomResizedCrop(args.img_size, antialias=True), T.RandomHorizontalFlip()]
+    if decoder == "pil":
+        steps.append(T.ToImage())
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)]
+    dataset = ImageFolder(
+        str(folder),
+        transform=T.Compose(steps),
+        **({"loader": _tensor_loader} if decoder == "same" else {}),
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        prefetch_factor=2 if args.workers else None,
+    )
+    start, images = time.perf_counter(), 0
+    for batch, _ in loader:
+        images += batch.shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def run_shards(shards: Path, args, epoch: int) -> float:
+    loader = ShardLoader(
+        str(shards),
+        "train",
+        rank=0,
+        world_size=1,
+        micro_batch_size=args.batch_size,
+        seed=0,
+        data=DataSection(num_workers=args.workers, shuffle_buffer=args.shuffle_buffer),
+        augment=AugmentSection(mean=MEAN, std=STD),
+        img_size=args.img_size,
+    )
+    loader.set_epoch(epoch)
+    start, images = time.perf_counter(), 0
+    for batch in loader:
+        images += batch["image"].shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=256, help="shorter side of the originals")
+    parser.add_argument("--shard-size", type=int, default=160, help="shorter side in shards")
+    parser.add_argument("--per-shard", type=int, default=250)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--shuffle-buffer", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline-decoder", choices=["same", "pil", "both"], default="both")
+    parser.add_argument("--dir", type=Path, default=None, help="default: a temporary directory")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.dir or Path(tmp)
+        t0 = time.perf_counter()
+        folder, shards = generate(root, args.images, args.size, args.shard_size, args.per_shard)
+        folder_bytes = sum(p.stat().st_size for p in folder.rglob("*.jpg"))
+        shard_bytes = sum(p.stat().st_size for p in shards.glob("*.tar"))
+        print(f"generated in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"ImageFolder: {args.images} JPEG files, shorter side {args.size} px, width "
+            f"{args.size}-{int(args.size * 1.33)} px, {folder_bytes / 2**20:.1f} MiB"
+        )
+        print(
+            f"shards:      the same images pre-resized to shorter side {args.shard_size} px, "
+            f"{-(-args.images // args.per_shard)} tars, {shard_bytes / 2**20:.1f} MiB"
+        )
+        print(
+            f"both: {args.workers} workers, batch {args.batch_size}, RandomResizedCrop "
+            f"{args.img_size} + flip + float + normalise; torch threads {torch.get_num_threads()}"
+        )
+
+        decoders = ["same", "pil"] if args.baseline_decoder == "both" else [args.baseline_decoder]
+        runs = {"shards": lambda e: run_shards(shards, args, e)}
+        for dec in decoders:
+            runs[f"imagefolder[{dec}]"] = lambda e, d=dec: run_imagefolder(folder, args, d)
+        results: dict[str, list[float]] = {name: [] for name in runs}
+        for fn in runs.values():
+            fn(0)  # warm-up: page cache, lazy imports
+        for r in range(args.rounds):
+            for name, fn in runs.items():
+                results[name].append(fn(r + 1))
+                print(f"round {r + 1} {name:20s} {results[name][-1]:8.1f} images/s", flush=True)
+        medians = {name: statistics.median(v) for name, v in results.items()}
+        print()
+        for name, value in medians.items():
+            print(f"median {name:20s} {value:8.1f} images/s")
+        for dec in decoders:
+            base = medians[f"imagefolder[{dec}]"]
+            decoder = "same decoder" if dec == "same" else "PIL, torchvision's default"
+            print(
+                f"ratio shards / imagefolder[{dec}] ({decoder}): "
+                f"{medians['shards'] / base:.2f}x (goal >= 2x)"
+            )
+
+
+if __name__ == "__main__":
+    main()

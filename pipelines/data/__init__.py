@@ -1,0 +1,1 @@
+"""Data: sources -> WebDataset shards + manifest (writing), and shards -> batches (loading)."""

@@ -1,0 +1,253 @@
+"""The per-consumer IterableDataset: stream a consumer's samples in plan order and batch them.
+
+One instance serves every dataloader worker of a rank; each worker finds its consumer from its
+worker id, so the DataLoader's round robin over workers reproduces the rank's batch order. Samples
+are read front to back from the consumer's shards and held (undecoded) only until their slot in
+the shuffle order comes up; samples before the start slot are never decoded.
+
+Bad samples never stop the epoch. In training, a bad slot is refilled from the consumer's
+*reserve*, its first `micro_batch_size` good samples in slot order, taking reserve entry
+`slot % len(reserve)` and augmenting it with the bad slot's own seed: a pure function of the plan
+and the data, so a resumed run refills exactly as the uninterrupted one. (The reserve is read by a
+second pass over the consumer's first samples, only once a bad slot is met.) In evaluation a bad
+slot is masked (`valid=False`) like padding. Counters travel with every batch, cumulative per
+worker, because workers share no memory with the training process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipelines.config.data import AugmentSection
+from pipelines.data.loader.plan import ConsumerPlan, EpochPlan, derive_seed, worker_batches_before
+from pipelines.data.loader.tar_reader import Missing, RawSample, read_shard
+from pipelines.data.loader.transforms import (
+    BadSample,
+    Normalize,
+    apply_seeded,
+    decode_sample,
+    eval_transform,
+    train_transform,
+)
+from pipelines.data.storage import Location
+from pipelines.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 batch; in a worker, in shared memory, so sending it to the trainer is free."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)  # as default_collate does
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything a worker needs; plain data so that it pickles under any start method."""
+
+    shards: tuple[Location, ...]  # indexed like the manifest's shard list
+    plan: EpochPlan
+    rank: int
+    start_position: int  # rank batches of this segment already consumed
+    num_classes: int
+    max_pixels: int
+    max_skip_fraction: float
+    img_size: int
+    augment: AugmentSection
+
+
+@dataclass
+class _Good:
+    image: torch.Tensor  # uint8 (3, h, w), not yet augmented
+    label: int
+    key: str
+
+
+@dataclass
+class _Slot:
+    image: torch.Tensor  # uint8 (3, img_size, img_size), augmented
+    label: int
+    key: str
+    valid: bool
+
+
+class ShardDataset(IterableDataset):
+    """Yields the batches of this worker's consumer from its start batch; see the module doc."""
+
+    def __init__(self, spec: DatasetSpec):
+        super().__init__()
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        spec = self.spec
+        topo = spec.plan.topology
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        assert num_workers == topo.workers_per_rank, (num_workers, topo)
+        # The DataLoader starts its round robin at worker 0; rank batch `start_position` must
+        # come from worker start_position % W, so dataloader worker i plays worker i + start.
+        worker = (worker_id + spec.start_position) % topo.workers_per_rank
+        start_batch = worker_batches_before(spec.start_position, worker, topo.workers_per_rank)
+        consumer = ConsumerStream(spec, spec.plan.consumer(spec.rank, worker))
+        yield from consumer.batches(start_batch)
+
+
+class ConsumerStream:
+    """Reads, decodes, augments and batches one consumer's samples."""
+
+    def __init__(self, spec: DatasetSpec, plan: ConsumerPlan):
+        self.spec = spec
+        self.plan = plan
+        self.train = spec.plan.train
+        self.transform = (
+            train_transform(spec.augment, spec.img_size)
+            if self.train
+            else eval_transform(spec.augment, spec.img_size)
+        )
+        self.normalize = Normalize(spec.augment.mean, spec.augment.std)
+        self.counts = {"samples": 0, "skipped": 0, "refilled": 0, "padded": 0}
+        self._reserve: list[_Good] | None = None
+
+    def batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
+        """Batches start_batch.. of this consumer; a DataError becomes a final {'error': ...}."""
+        plan, size = self.plan, self.plan.micro_batch_size
+        slots = self._slots(start_batch * size)
+        for b in range(start_batch, plan.num_batches):
+            filled = []
+            try:
+                for j in range(b * size, (b + 1) * size):
+                    filled.append(self._fill(j, slots) if j < plan.num_real else self._padding())
+            except DataError as err:  # sent, not raised: the trainer re-raises it cleanly
+                yield {"error": str(err)}
+                return
+            yield self._collate(filled)
+
+    def _fill(self, slot: int, slots: Iterator[tuple[int, RawSample | Missing]]) -> _Slot:
+        position, item = next(slots)
+        try:
+            good = self._decode(item)
+            self.counts["samples"] += 1
+        except BadSample as err:
+            self._skip(position, item, str(err))
+            if not self.train:
+                return _Slot(self._blank(), 0, "", False)
+            reserve = self.reserve()
+            if not reserve:
+                raise DataError(self._no_reserve_message()) from None
+            good = reserve[slot % len(reserve)]
+            self.counts["refilled"] += 1
+        return _Slot(self._augment(good.image, position), good.label, good.key, True)
+
+    def _padding(self) -> _Slot:
+        self.counts["padded"] += 1
+        return _Slot(self._blank(), 0, "", False)
+
+    def _collate(self, filled: list[_Slot]) -> dict[str, Any]:
+        images = _batch_buffer((len(filled), 3, self.spec.img_size, self.spec.img_size))
+        for s, out in zip(filled, images, strict=True):
+            self.normalize(s.image, out)
+        return {
+            "image": images,
+            "label": torch.tensor([s.label for s in filled], dtype=torch.int64),
+            "key": [s.key for s in filled],
+            "valid": torch.tensor([s.valid for s in filled], dtype=torch.bool),
+            "stats": {"consumer": self.plan.consumer, **self.counts},
+        }
+
+    def reserve(self) -> list[_Good]:
+        """The consumer's first `micro_batch_size` good samples in slot order (read lazily)."""
+        if self._reserve is None:
+            self._reserve = []
+            for _, item in self._slots(0):
+                try:
+                    self._reserve.append(self._decode(item))
+                except BadSample:
+                    continue
+                if len(self._reserve) == self.plan.micro_batch_size:
+                    break
+        return self._reserve
+
+    def _slots(self, start_slot: int) -> Iterator[tuple[int, RawSample | Missing]]:
+        """(global position, raw sample) for slots start_slot..num_real-1, in slot order."""
+        plan = self.plan
+        needed = np.zeros(plan.num_real, dtype=bool)
+        needed[plan.order[start_slot:]] = True
+        local = np.flatnonzero(needed)
+        items = zip(local.tolist(), self._read(plan.positions[local]), strict=False)
+        held: dict[int, RawSample | Missing] = {}
+        for j in range(start_slot, plan.num_real):
+            want = int(plan.order[j])
+            while want not in held:
+                index, item = next(items)
+                held[index] = item
+            yield int(plan.positions[want]), held.pop(want)
+
+    def _read(self, positions: np.ndarray) -> Iterator[RawSample | Missing]:
+        for shard, offsets in self.spec.plan.stream.group(positions):
+            for _, item in read_shard(self.spec.shards[shard], offsets.tolist()):
+                yield item
+
+    def _decode(self, item: RawSample | Missing) -> _Good:
+        if isinstance(item, Missing):
+            raise BadSample(item.reason)
+        image, label = decode_sample(
+            item, num_classes=self.spec.num_classes, max_pixels=self.spec.max_pixels
+        )
+        return _Good(image, label, item.key)
+
+    def _augment(self, image: torch.Tensor, position: int) -> torch.Tensor:
+        plan = self.spec.plan
+        if not self.train:
+            return self.transform(image)
+        seed = derive_seed("sample", plan.seed, plan.epoch, position)
+        return apply_seeded(self.transform, image, seed)
+
+    def _blank(self) -> torch.Tensor:
+        return torch.zeros(3, self.spec.img_size, self.spec.img_size, dtype=torch.uint8)
+
+    def _where(self, position: int, item: RawSample | Missing) -> str:
+        shard, offset = self.spec.plan.stream.locate(position)
+        key = f" key {item.key!r}" if isinstance(item, RawSample) else ""
+        return f"{self.spec.shards[shard].uri} sample #{offset}{key}"
+
+    def _skip(self, position: int, item: RawSample | Missing, reason: str) -> None:
+        """Count, log (rate-limited) and enforce the budget of data.max_skip_fraction."""
+        self.counts["skipped"] += 1
+        n = self.counts["skipped"]
+        if n > self.spec.max_skip_fraction * self.plan.num_real:
+            raise DataError(self._budget_message(position, item, reason))
+        if n & (n - 1) == 0:  # rate limit: the 1st, 2nd, 4th, 8th, ... skip of this worker
+            logger.warning(
+                "skipped %s: %s (%d skipped so far by consumer %d of epoch %d)",
+                self._where(position, item),
+                reason,
+                n,
+                self.plan.consumer,
+                self.spec.plan.epoch,
+            )
+
+    def _budget_message(self, position: int, item: RawSample | Missing, reason: str) -> str:
+        n, total = self.counts["skipped"], self.plan.num_real
+        return (
+            f"consumer {self.plan.consumer} (rank {self.spec.rank}) skipped {n} of its {total} "
+            f"samples in epoch {self.spec.plan.epoch}, more than data.max_skip_fraction="
+            f"{self.spec.max_skip_fraction}; latest: {self._where(position, item)}: {reason}. "
+            "Re-create or repair the shards, or raise data.max_skip_fraction"
+        )
+
+    def _no_reserve_message(self) -> str:
+        return (
+            f"consumer {self.plan.consumer} (rank {self.spec.rank}) found no decodable sample "
+            f"among its {self.plan.num_real} samples of epoch {self.spec.plan.epoch}; "
+            "the shards are unusable"
+        )

@@ -1,0 +1,369 @@
+"""`ShardLoader`: the training/eval input of one rank, with a resumable (epoch, position) state.
+
+Usage in a training loop (every rank builds its own, with its own `rank`):
+
+    loader = ShardLoader(root, "train", rank=r, world_size=w, micro_batch_size=b, seed=s,
+                         data=cfg.data, augment=cfg.augment, img_size=cfg.model.img_size)
+    loader.load_state_dict(checkpoint["loader"])       # optional; logs describe_resume()
+    while step < total_steps:
+        for batch in loader:                            # the rest of the current epoch
+            ...; checkpoint["loader"] = loader.state_dict()
+        # the loader is now at the start of the next epoch
+
+The state is the same on every rank (ranks consume batches in lockstep), so rank 0's copy can be
+saved once and loaded everywhere. `position` counts rank batches handed out, a batch counting as
+consumed as soon as it is yielded.
+
+Resuming
+--------
+- Same topology (world size, workers, micro-batch, shuffle buffer): the loader yields exactly the
+  batches the uninterrupted run would have yielded next, bit for bit.
+- Different topology mid-epoch: the epoch is continued, not restarted. The samples the old
+  topology consumed are re-derived from the plan (a pure function), the remaining samples of the
+  epoch, in global order, are split evenly over the new consumers with the usual remainder rule,
+  and the next epoch uses the new topology from its start. No sample is repeated in the epoch;
+  the remainder of the re-split (fewer than new consumers x micro-batch samples) is dropped.
+  `describe_resume()` says which of the two happened, with the numbers, for the logs.
+The state must come from the same shard list (manifest fingerprint) and seed, else `DataError`.
+
+Evaluation (`train=False`)
+--------------------------
+Every sample of the split exactly once across ranks, no shuffle, no drop; every rank yields the
+same number of batches (ZeRO-3 forwards are collectives), padded with `valid=False` slots.
+
+Bad samples and counters
+------------------------
+Undecodable images, missing members, truncated or missing shards are skipped, logged at most on
+the 1st, 2nd, 4th, 8th... skip of a worker, and, in training, refilled so that batch counts stay
+equal. More skips than `data.max_skip_fraction` of a consumer's planned samples is a `DataError`.
+`stats()` holds this rank's counters (each batch carries its worker's cumulative counts, since
+workers share no memory with the trainer); sum them over ranks for a global metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from pipelines.config.data import AugmentSection, DataSection
+from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
+from pipelines.data.loader.plan import EpochPlan, Segment, Topology, plan_eval, plan_train_epoch
+from pipelines.data.manifest import Manifest, SplitInfo, check_shard_name, read_manifest
+from pipelines.data.storage import Location, locate
+from pipelines.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_COUNTERS = ("samples", "skipped", "refilled", "padded")
+
+
+def split_fingerprint(split: str, info: SplitInfo) -> str:
+    """A short hash of a split's shard list: names, sample counts and content hashes."""
+    shards = [[s.name, s.samples, s.sha256] for s in info.shards]
+    text = json.dumps({"split": split, "shards": shards}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ShardLoader:
+    """Batches of one rank from a manifest-described shard set; see the module docstring.
+
+    Batches are dicts: `image` float32 (B, 3, img_size, img_size) normalised, `label` int64 (B,),
+    `key` list[str], `valid` bool (B,). In training every slot is valid (bad samples are refilled);
+    in evaluation padding and bad samples have valid=False, a zero image, label 0 and key ''.
+    """
+
+    def __init__(
+        self,
+        root: str | Location,
+        split: str,
+        *,
+        rank: int,
+        world_size: int,
+        micro_batch_size: int,
+        seed: int,
+        data: DataSection,
+        augment: AugmentSection,
+        img_size: int,
+        train: bool = True,
+        manifest: Manifest | None = None,
+        multiprocessing_context: str | None = None,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.root = locate(root) if isinstance(root, str) else root
+        self.manifest = manifest if manifest is not None else read_manifest(self.root)
+        self.split = split
+        info = self.manifest.split(split)
+        for shard in info.shards:  # also checked on read; a manifest built in code is data too
+            check_shard_name(shard.name, self.root.uri)
+        if not self.manifest.classes:
+            raise DataError(f"{self.root.uri}: the manifest lists no classes")
+        self._info = info
+        self._shards = tuple(self.root.join(s.name) for s in info.shards)
+        self.rank = rank
+        self.seed = seed
+        self.train = train
+        self.data = data
+        self.augment = augment
+        self.img_size = img_size
+        self.multiprocessing_context = multiprocessing_context
+        self.topology = Topology(
+            world_size, data.num_workers, micro_batch_size, data.shuffle_buffer if train else 0
+        )
+        self.fingerprint = split_fingerprint(split, info)
+        self._epoch = 0
+        self._position = 0
+        self._history: tuple[Segment, ...] = ()
+        self._plan_cache: tuple[tuple, EpochPlan] | None = None
+        self._totals: Counter[str] = Counter()
+        self._live: dict[int, dict[str, int]] = {}
+        self._resume_note = "fresh start (no loader state loaded)"
+        if data.decode_device != "cpu":
+            logger.warning(
+                "data.decode_device=%r: ShardLoader decodes on the CPU", data.decode_device
+            )
+        self._plan()  # an impossible plan fails here, before any process starts
+
+    # -- epochs and sizes ------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def position(self) -> int:
+        """Rank batches already handed out in the current epoch (segment)."""
+        return self._position
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches every rank yields in a whole epoch with this loader's topology."""
+        if not self.train:
+            return self._plan().batches_per_rank
+        n = self._info.num_samples // self.topology.num_consumers
+        return (n // self.topology.micro_batch_size) * self.topology.workers_per_rank
+
+    @property
+    def epoch_batches(self) -> int:
+        """Batches of the current epoch: fewer than batches_per_epoch only after a re-split."""
+        return self._plan().batches_per_rank
+
+    @property
+    def remaining_batches(self) -> int:
+        return self.epoch_batches - self._position
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` from its beginning; a no-op for the current epoch (keeps position).
+
+        So the DistributedSampler habit of calling set_epoch(epoch) before each epoch continues a
+        resumed epoch instead of restarting it.
+        """
+        if epoch != self._epoch:
+            self._epoch, self._position, self._history = epoch, 0, ()
+
+    def _plan(self) -> EpochPlan:
+        key = (self._epoch, self._history)
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            if self.train:
+                plan = plan_train_epoch(
+                    self._info.shards,
+                    seed=self.seed,
+                    epoch=self._epoch,
+                    topology=self.topology,
+                    history=self._history,
+                    split=self.split,
+                )
+            else:
+                plan = plan_eval(self._info.shards, topology=self.topology)
+            self._plan_cache = (key, plan)
+        return self._plan_cache[1]
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Yield the remaining batches of the current epoch, then move to the next epoch."""
+        if self._position >= self._plan().batches_per_rank:  # finished but not yet advanced
+            self._epoch, self._position, self._history = self._epoch + 1, 0, ()
+        yield from self._run(self._plan())
+        self._epoch, self._position, self._history = self._epoch + 1, 0, ()
+
+    def _run(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
+        spec = DatasetSpec(
+            shards=self._shards,
+            plan=plan,
+            rank=self.rank,
+            start_position=self._position,
+            num_classes=self.manifest.num_classes,
+            max_pixels=self.data.max_pixels,
+            max_skip_fraction=self.data.max_skip_fraction,
+            img_size=self.img_size,
+            augment=self.augment,
+        )
+        workers = self.data.num_workers
+        pin = (
+            self.data.pin_memory if self.data.pin_memory is not None else torch.cuda.is_available()
+        )
+        loader = DataLoader(
+            ShardDataset(spec),
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=self.data.prefetch_factor if workers else None,
+            pin_memory=pin,
+            multiprocessing_context=_worker_context(
+                self.multiprocessing_context or self.data.worker_start_method
+            )
+            if workers
+            else None,
+            # Its own generator: creating the iterator must not draw from torch's global RNG,
+            # or a resumed run's dropout/drop-path stream would shift against the original.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        self._fold_live()
+        try:
+            for batch in loader:
+                if "error" in batch:
+                    raise DataError(batch["error"])
+                stats = batch.pop("stats")
+                self._live[stats.pop("consumer")] = stats
+                self._position += 1
+                yield batch
+        finally:
+            self._fold_live()
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def _fold_live(self) -> None:
+        for counts in self._live.values():
+            self._totals.update(counts)
+        self._live = {}
+
+    def stats(self) -> dict[str, int | float]:
+        """This rank's counters since construction: samples read, skipped, refilled, padded."""
+        totals = Counter(self._totals)
+        for counts in self._live.values():
+            totals.update(counts)
+        out: dict[str, int | float] = {
+            f"samples_{k}" if k != "samples" else k: totals[k] for k in _COUNTERS
+        }
+        attempted = totals["samples"] + totals["skipped"]
+        out["skip_fraction"] = totals["skipped"] / attempted if attempted else 0.0
+        return out
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader is: JSON-serialisable, identical on every rank."""
+        epoch, position, history = self._epoch, self._position, self._history
+        if position >= self._plan().batches_per_rank:  # the epoch is done: point at the next
+            epoch, position, history = epoch + 1, 0, ()
+        return {
+            "version": STATE_VERSION,
+            "split": self.split,
+            "manifest_fingerprint": self.fingerprint,
+            "seed": self.seed,
+            "epoch": epoch,
+            "position": position,
+            **_topology_fields(self.topology),
+            "history": [
+                {**_topology_fields(seg.topology), "position": seg.position} for seg in history
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state`; see the module docstring for what a topology change does."""
+        try:
+            version = state["version"]
+            old = _topology_from(state)
+            epoch, position = int(state["epoch"]), int(state["position"])
+            history = tuple(
+                Segment(_topology_from(h), int(h["position"])) for h in state["history"]
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"loader state is malformed ({err!r}): {state!r}") from None
+        if version != STATE_VERSION:
+            raise DataError(f"loader state version {version!r} is not {STATE_VERSION}")
+        if state["manifest_fingerprint"] != self.fingerprint or state["split"] != self.split:
+            raise DataError(
+                f"loader state belongs to split {state['split']!r} with shard-list fingerprint "
+                f"{state['manifest_fingerprint']}, but {self.root.uri} split {self.split!r} has "
+                f"{self.fingerprint}; resume with the shard set the checkpoint was trained on"
+            )
+        if state["seed"] != self.seed:
+            raise DataError(
+                f"loader state was written with seed {state['seed']}, this loader has seed "
+                f"{self.seed}; resume with the same train.seed"
+            )
+        if epoch < 0 or position < 0:
+            raise DataError(f"loader state has a negative epoch or position: {state!r}")
+        if not self.train:
+            same = old == self.topology
+            self._epoch, self._position, self._history = epoch, position if same else 0, ()
+            self._resume_note = f"eval loader restored at batch {self._position}"
+            return
+        if old == self.topology:
+            self._epoch, self._position, self._history = epoch, position, history
+            total = self._plan().batches_per_rank
+            if position > total:
+                raise DataError(
+                    f"loader state position {position} is beyond the {total} batches of epoch "
+                    f"{epoch}; the state does not match this shard set"
+                )
+            self._resume_note = (
+                f"resumed epoch {epoch} at batch {position} of {total} per rank with the same "
+                f"topology ({self.topology.describe()}): the run continues exactly"
+            )
+            return
+        if position:
+            history = (*history, Segment(old, position))
+        self._epoch, self._position, self._history = epoch, 0, history
+        plan = self._plan()
+        consumed = plan.stream.num_samples - len(plan.pool)
+        self._resume_note = (
+            f"topology changed from {old.describe()} to {self.topology.describe()}: "
+            f"epoch {epoch} continues; {consumed} of its {plan.stream.num_samples} samples were "
+            f"already consumed, the remaining {len(plan.pool)} are re-split into "
+            f"{plan.batches_per_rank} batches per rank ({plan.dropped} dropped as the "
+            "remainder); the next epoch starts whole with the new topology"
+        )
+
+    def describe_resume(self) -> str:
+        """One line for the logs: what the last load_state_dict did."""
+        return self._resume_note
+
+
+def _topology_fields(topo: Topology) -> dict[str, int]:
+    return {
+        "world_size": topo.world_size,
+        "num_workers": topo.num_workers,
+        "micro_batch_size": topo.micro_batch_size,
+        "shuffle_buffer": topo.shuffle_buffer,
+    }
+
+
+def _topology_from(d: dict[str, Any]) -> Topology:
+    return Topology(
+        int(d["world_size"]),
+        int(d["num_workers"]),
+        int(d["micro_batch_size"]),
+        int(d["shuffle_buffer"]),
+    )
+
+
+@functools.cache
+def _worker_context(method: str) -> multiprocessing.context.BaseContext:
+    """Forkserver workers are safe in threaded hosts (Ray workers) where a plain fork can
+    deadlock; preloading torch and the dataset into the server makes each later worker start
+    in ~0.1 s instead of re-importing torch."""
+    if method == "forkserver":
+        multiprocessing.set_forkserver_preload(["torch", "pipelines.data.loader.dataset"])
+    return multiprocessing.get_context(method)

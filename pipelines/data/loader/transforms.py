@@ -1,0 +1,172 @@
+"""Decode one raw sample and augment it; the randomness is a pure function of a per-sample seed.
+
+Images are decoded to uint8 CHW tensors and cropped/flipped/RandAugmented in uint8 (cheap, and
+what torchvision's v2 kernels are fastest on); the float conversion and normalisation run once
+per batch. Augmentation draws from torch's default CPU generator, which is re-seeded for each
+sample and restored afterwards: the result depends on (seed, epoch, global position) only, not on
+which worker ran it or what ran before, which is what makes a resumed epoch bit-identical.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as T
+from PIL import Image
+
+try:  # libjpeg-turbo/libpng straight to a CHW tensor: about 2x faster than PIL + convert.
+    from torchvision.io import ImageReadMode, decode_image
+
+    # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which we do not ship;
+    # when they are removed the import fails and PIL takes over.
+    warnings.filterwarnings(
+        "ignore",
+        message="The image decoding and encoding capabilities of TorchVision",
+        category=DeprecationWarning,
+    )
+except ImportError:  # pragma: no cover - depends on the torchvision version
+    decode_image = None
+
+from pipelines.config.data import AugmentSection
+from pipelines.data.loader.tar_reader import RawSample
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; the message says why (never raised out of the loader)."""
+
+
+def decode_sample(raw: RawSample, *, num_classes: int, max_pixels: int) -> tuple[torch.Tensor, int]:
+    """RawSample -> (uint8 RGB image (3, H, W), label); raises BadSample with the reason."""
+    cls = raw.fields.get("cls")
+    if cls is None:
+        raise BadSample("no .cls member")
+    try:
+        label = int(cls.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise BadSample(f".cls is not an integer: {cls[:20]!r}") from None
+    if not 0 <= label < num_classes:
+        raise BadSample(f"label {label} is outside 0..{num_classes - 1}")
+    data = next((raw.fields[e] for e in IMAGE_EXTENSIONS if e in raw.fields), None)
+    if data is None:
+        raise BadSample(f"no image member (one of {', '.join(IMAGE_EXTENSIONS)})")
+    try:
+        # Header only: refuse decompression bombs before allocating the pixels.
+        width, height = image_size(data)
+        if width * height > max_pixels:
+            raise BadSample(f"{width}x{height} image exceeds data.max_pixels={max_pixels}")
+        image = _decode_rgb(data)
+    except BadSample:
+        raise
+    except Exception as err:  # PIL and libjpeg/libpng raise many types on garbage bytes.
+        raise BadSample(f"undecodable image: {type(err).__name__}: {err}") from None
+    return image, label
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header: a few byte reads for PNG and JPEG, PIL otherwise."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        size = _jpeg_size(data)
+        if size is not None:
+            return size
+    with Image.open(io.BytesIO(data)) as probe:
+        return probe.size
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame variants
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments up to the start-of-frame; None if it looks malformed."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            if i + 9 > n:
+                return None
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _decode_rgb(data: bytes) -> torch.Tensor:
+    if decode_image is not None:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
+    with Image.open(io.BytesIO(data)) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)
+
+
+def train_transform(augment: AugmentSection, img_size: int) -> Transform:
+    """RandomResizedCrop + horizontal flip (+ RandAugment) on uint8; normalisation is per batch."""
+    steps: list[Transform] = [
+        T.RandomResizedCrop(
+            img_size, scale=tuple(augment.scale), ratio=tuple(augment.ratio), antialias=True
+        ),
+    ]
+    if augment.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(augment.hflip))
+    if augment.randaugment:
+        steps.append(
+            T.RandAugment(
+                num_ops=augment.randaugment_num_ops, magnitude=augment.randaugment_magnitude
+            )
+        )
+    return T.Compose(steps)
+
+
+def eval_transform(augment: AugmentSection, img_size: int) -> Transform:
+    """Resize the shorter side to img_size / eval_crop_pct, then centre-crop img_size."""
+    return T.Compose(
+        [
+            T.Resize(round(img_size / augment.eval_crop_pct), antialias=True),
+            T.CenterCrop(img_size),
+        ]
+    )
+
+
+def apply_seeded(transform: Transform, image: torch.Tensor, seed: int) -> torch.Tensor:
+    """Run `transform` with torch's CPU generator seeded to `seed`, then restore its state."""
+    gen = torch.default_generator
+    saved = gen.get_state()
+    gen.manual_seed(seed)
+    try:
+        return transform(image)
+    finally:
+        gen.set_state(saved)
+
+
+class Normalize:
+    """uint8 image -> float32 (x / 255 - mean) / std, written straight into a batch slot.
+
+    Folded into one multiply-add per element and done per sample while the crop is still in
+    cache, which is about twice as fast as converting and normalising the stacked batch.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.bias = -mean_t / std_t
+
+    def __call__(self, image: torch.Tensor, out: torch.Tensor) -> None:
+        out.copy_(image)
+        out.mul_(self.scale).add_(self.bias)

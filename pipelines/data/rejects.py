@@ -1,0 +1,61 @@
+"""`rejected.parquet`: every input that could not be used, with its reason and details."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.data.sources.base import Rejected
+from pipelines.data.storage import Location
+
+REJECTED_NAME = "rejected.parquet"
+SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("key", pa.string()),
+    ]
+)
+
+
+def rejects_table(rejected: Iterable[Rejected]) -> pa.Table:
+    rows = sorted(rejected, key=lambda r: (r.source_id, r.reason, r.key))
+    return pa.table(
+        {
+            "source_id": [r.source_id for r in rows],
+            "reason": [r.reason for r in rows],
+            "detail": [r.detail for r in rows],
+            "key": [r.key for r in rows],
+        },
+        schema=SCHEMA,
+    )
+
+
+def rejects_bytes(rejected: Iterable[Rejected]) -> bytes:
+    out = io.BytesIO()
+    pq.write_table(rejects_table(rejected), out)
+    return out.getvalue()
+
+
+def write_rejects(root: Location, rejected: Iterable[Rejected]) -> bool:
+    """Write `<root>/rejected.parquet` (sorted rows); False when it already holds these bytes."""
+    data = rejects_bytes(rejected)
+    target = root.join(REJECTED_NAME)
+    if target.is_file() and target.read_bytes() == data:
+        return False
+    target.write_bytes_atomic(data)
+    return True
+
+
+def read_rejects(root: Location) -> list[Rejected]:
+    table = pq.read_table(io.BytesIO(root.join(REJECTED_NAME).read_bytes()))
+    return [Rejected(**row) for row in table.to_pylist()]
+
+
+def count_reasons(rejected: Iterable[Rejected]) -> dict[str, int]:
+    return dict(sorted(Counter(r.reason for r in rejected).items()))

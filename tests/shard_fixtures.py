@@ -1,0 +1,144 @@
+"""Tiny, real shard sets on disk for loader tests: tar files with PNG/JPEG members + manifest.
+
+The layout is the one `vitpipe shard` writes: `<root>/<split>-NNNNNN.tar` holding, per sample,
+`<key>.cls` (ASCII int), `<key>.json` and `<key>.png|jpg`, and `<root>/manifest.json`.
+Faults are injected explicitly: garbage image bytes or a missing `.cls` for chosen keys, and
+`truncate_shard` cuts a written tar in the middle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest
+from pipelines.data.storage import locate
+
+
+def sample_key(split: str, shard: int, index: int) -> str:
+    return f"{split}{shard:03d}_{index:04d}"
+
+
+def sample_label(shard: int, index: int, num_classes: int) -> int:
+    return (shard * 7 + index) % num_classes
+
+
+def shard_name(split: str, shard: int) -> str:
+    return f"{split}-{shard:06d}.tar"
+
+
+def _image_bytes(key: str, size: int, image_format: str) -> bytes:
+    rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
+    pixels = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG" if image_format == "png" else "JPEG")
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard_set(
+    root: Path,
+    splits: Mapping[str, Sequence[int]],
+    *,
+    num_classes: int = 5,
+    image_size: int = 32,
+    image_format: str = "png",
+    bad_image: Collection[str] = (),
+    no_cls: Collection[str] = (),
+) -> Manifest:
+    """Write shards with the given sample counts per split, and their manifest; return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    ext = "png" if image_format == "png" else "jpg"
+    infos: dict[str, SplitInfo] = {}
+    for split, counts in splits.items():
+        shards = []
+        for s, count in enumerate(counts):
+            path = root / shard_name(split, s)
+            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for i in range(count):
+                    key = sample_key(split, s, i)
+                    label = sample_label(s, i, num_classes)
+                    if key not in no_cls:
+                        _add(tar, f"{key}.cls", str(label).encode())
+                    meta = {
+                        "source": "test",
+                        "original_size": [image_size + 4, image_size],
+                        "label_name": f"class{label}",
+                    }
+                    _add(tar, f"{key}.json", json.dumps(meta).encode())
+                    image = (
+                        b"\x89PNG garbage" * 5
+                        if key in bad_image
+                        else _image_bytes(key, image_size, image_format)
+                    )
+                    _add(tar, f"{key}.{ext}", image)
+            data = path.read_bytes()
+            shards.append(ShardInfo(path.name, count, len(data), hashlib.sha256(data).hexdigest()))
+        infos[split] = SplitInfo(tuple(shards))
+    manifest = Manifest(tuple(f"class{i}" for i in range(num_classes)), infos, {"kind": "test"})
+    write_manifest(locate(str(root)), manifest)
+    return manifest
+
+
+def truncate_shard(root: Path, name: str, keep_fraction: float = 0.5) -> None:
+    """Cut a written shard to a fraction of its bytes (a crashed or partial upload)."""
+    path = root / name
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+
+
+def keys_of(split: str, counts: Sequence[int]) -> list[str]:
+    """Every key of a split, in manifest order."""
+    return [sample_key(split, s, i) for s, n in enumerate(counts) for i in range(n)]
+
+
+def make_loader(
+    root: Path,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 2,
+    micro_batch_size: int = 4,
+    shuffle_buffer: int = 8,
+    seed: int = 0,
+    split: str = "train",
+    train: bool = True,
+    img_size: int = 16,
+    max_skip_fraction: float = 0.0,
+    **augment: object,
+):
+    """A ShardLoader with test-sized defaults (imported lazily to keep this module light)."""
+    from pipelines.config.data import AugmentSection, DataSection
+    from pipelines.data.loader import ShardLoader
+
+    data = DataSection(
+        num_workers=num_workers,
+        shuffle_buffer=shuffle_buffer,
+        max_skip_fraction=max_skip_fraction,
+        prefetch_factor=2,
+    )
+    return ShardLoader(
+        str(root),
+        split,
+        rank=rank,
+        world_size=world_size,
+        micro_batch_size=micro_batch_size,
+        seed=seed,
+        data=data,
+        augment=AugmentSection(**augment),
+        img_size=img_size,
+        train=train,
+    )
