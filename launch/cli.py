@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pipelines.errors import VitpipeError
 
 # Listed here only once they work: `vitpipe --help` shows exactly these.
-COMMANDS = ("check_config", "shard")
+COMMANDS = ("check_config", "shard", "pretrain", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

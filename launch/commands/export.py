@@ -1,0 +1,33 @@
+"""`vitpipe export`: consolidated fp32 weights from a sharded checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "export"
+HELP = "write consolidated fp32 weights (safetensors + config.json) from a checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint dir (or a run dir: its newest)")
+    parser.add_argument("out", type=Path, help="output directory (must not exist or be empty)")
+    parser.add_argument("--format", choices=("safetensors", "timm", "hf"), default="safetensors")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.export import export_checkpoint
+
+    info = export_checkpoint(args.checkpoint, args.out, args.format)
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "format": args.format,
+                "step": info["step"],
+                "source": info["source_checkpoint"],
+            }
+        )
+    )
+    return 0

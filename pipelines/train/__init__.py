@@ -1,0 +1,1 @@
+"""Training: the loop every worker runs, and what it needs (engine, schedule, checkpoints)."""

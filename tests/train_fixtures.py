@@ -1,0 +1,66 @@
+"""Tiny pretraining jobs for tests: a 32 px ViT (patch 4, dim 64, depth 2) on fractal shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import JobConfig, config_from_dict
+
+
+def tiny_job(shards: Path, tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "model": {
+            "name": "vit_tiny_patch16",
+            "img_size": 32,
+            "patch_size": 4,
+            "dim": 64,
+            "depth": 2,
+            "num_heads": 2,
+            "head": "mlp",
+        },
+        "data": {"train_shards": str(shards), "num_workers": 1, "shuffle_buffer": 50},
+        "augment": {"scale": [0.5, 1.0]},
+        "optim": {"lr": 0.003, "weight_decay": 0.05},
+        "schedule": {"warmup_steps": 2},
+        "deepspeed": {"zero_stage": 2},
+        "train": {
+            "total_steps": 8,
+            "global_batch_size": 32,
+            "micro_batch_size": 16,
+            "log_every_n_steps": 1,
+            "seed": 1,
+        },
+        "checkpoint": {"every_n_steps": 4, "keep_last": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tests"},
+        "cluster": {"num_workers": 2},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return raw
+
+
+def as_config(raw: dict[str, Any]) -> JobConfig:
+    return config_from_dict(raw)
+
+
+def write_yaml(raw: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
