@@ -1,0 +1,83 @@
+"""`vitpipe jobs list|status|logs|stop [JOB_ID]`: the jobs of a Ray cluster, via its Jobs API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "jobs"
+HELP = "list a Ray cluster's jobs, or show the status or logs of one, or stop it"
+ACTIONS = ("list", "status", "logs", "stop")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("job_id", nargs="?", metavar="JOB_ID", help="for status, logs and stop")
+    parser.add_argument(
+        "--address",
+        required=True,
+        metavar="URL",
+        help="the Ray dashboard / Jobs API, http://HEAD:8265 (keep it on a private network)",
+    )
+    parser.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
+    parser.add_argument(
+        "--no-wait", action="store_true", help="stop: return once the stop is requested"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from launch import jobs_api
+    from pipelines.errors import ConfigError
+
+    if args.action != "list" and not args.job_id:
+        raise ConfigError(f"vitpipe jobs {args.action} needs a JOB_ID")
+    if args.action == "list" and args.job_id:
+        raise ConfigError("vitpipe jobs list takes no JOB_ID")
+    client = jobs_api.connect(args.address, warn=lambda m: print(m, file=sys.stderr))
+    if args.action == "list":
+        return _list(client, jobs_api)
+    if args.action == "status":
+        info = jobs_api.job_info(client, args.job_id)
+        message = (info.message or "").strip().splitlines()
+        print(f"{args.job_id} {info.status}" + (f": {message[0]}" if message else ""))
+        return 0
+    if args.action == "logs":
+        jobs_api.job_info(client, args.job_id)
+        if args.follow:
+            jobs_api.follow_logs(client, args.job_id)
+        else:
+            sys.stdout.write(jobs_api.job_logs(client, args.job_id))
+        return 0
+    if not jobs_api.stop_job(client, args.job_id):
+        info = jobs_api.job_info(client, args.job_id)
+        print(f"{args.job_id} {info.status}: not running, nothing to stop")
+        return 0
+    if args.no_wait:
+        print(f"{args.job_id}: stop requested")
+        return 0
+    print(f"{args.job_id}: stop requested; waiting for it to checkpoint and exit", flush=True)
+    info = jobs_api.wait_until_done(client, args.job_id, timeout_s=jobs_api.STOP_GRACE_S + 30)
+    print(f"{args.job_id} {info.status}")
+    return 0
+
+
+def _list(client, jobs_api) -> int:
+    jobs = jobs_api.list_jobs(client)
+    if not jobs:
+        print(f"no jobs on {client.get_address()}")
+        return 0
+    rows = [("JOB_ID", "STATUS", "STARTED", "ENTRYPOINT")]
+    for job in jobs:
+        rows.append(
+            (
+                job.submission_id or job.job_id or "-",
+                str(job.status),
+                jobs_api.format_time(job.start_time),
+                job.entrypoint,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [row[i].ljust(widths[i]) for i in range(3)]
+        print("  ".join([*cells, row[3]]))
+    return 0
