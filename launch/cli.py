@@ -14,7 +14,17 @@ from collections.abc import Sequence
 from pipelines.errors import VitpipeError
 
 # Listed here only once they work: `vitpipe --help` shows exactly these.
-COMMANDS = ("check_config", "shard", "pretrain", "export")
+COMMANDS = (
+    "check_config",
+    "shard",
+    "pretrain",
+    "finetune",
+    "eval",
+    "run",
+    "export",
+    "submit",
+    "jobs",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

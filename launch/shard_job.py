@@ -20,6 +20,7 @@ from typing import Any
 
 from launch.ray_cluster import ray_session
 from pipelines.config import JobConfig
+from pipelines.config.paths import with_absolute_paths
 from pipelines.data import shard_set
 from pipelines.data.manifest import MANIFEST_NAME
 from pipelines.data.rejects import count_reasons
@@ -34,9 +35,9 @@ SUMMARY_NAME = "summary.json"
 def run_shard(config: JobConfig, progress: bool = True) -> dict[str, Any]:
     """Turn `config.shard.source` into WebDataset shards; returns the summary (also written to
     `<output>/summary.json`). Uses the Ray that is already initialised, else `config.cluster`."""
-    section = config.shard
-    if section is None:
+    if config.shard is None:
         raise ConfigError("shard: the config has no `shard:` section; `vitpipe shard` needs one")
+    section = with_absolute_paths(config).shard
     started = time.perf_counter()
     job, plan = shard_set.prepare(section)
     shard_set.begin(job.output, plan)
@@ -168,8 +169,9 @@ def _progress(enabled: bool, num_shards: int, num_samples: int) -> Iterator[Any]
 def ensure_shards(config: JobConfig, progress: bool = True) -> dict[str, Any] | None:
     """Shard first when the config says how (`shard:`) and `data.train_shards` has no manifest
     yet, so `vitpipe pretrain -c CONFIG` works from a fresh checkout. Returns the shard summary."""
-    if config.shard is None or not config.data.train_shards:
+    if config.shard is None:
         return None
+    config = with_absolute_paths(config)
     if locate(config.data.train_shards).join(MANIFEST_NAME).is_file():
         return None
     if locate(config.shard.output).uri != locate(config.data.train_shards).uri:

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pipelines.train.request import TrainRequest
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("ray", "local")
+SuccessHook = Callable[[dict[str, Any], "mlflow_run.TrackingTarget | None"], dict[str, Any]]
 TRACKING_RETRY_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -46,11 +47,15 @@ def run_training_job(
     tags: dict[str, str] | None = None,
     progress: bool = True,
     stop_at_step: int | None = None,
+    on_success: SuccessHook | None = None,
 ) -> dict[str, Any]:
-    """Train one stage to completion (or a clean stop); returns what summary.json holds."""
+    """Train one stage to completion (or a clean stop); returns what summary.json holds.
+
+    `on_success(summary, target)` runs after a finished run, before summary.json and the MLflow
+    run are closed, and returns fields to add (fine-tuning exports and registers there)."""
     bound_tracking_retries()
-    run_dir = (run_dir or config.resolved_run_dir).resolve()
-    config = with_absolute_paths(config)
+    config = with_absolute_paths(config, run_dir)
+    run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     request_stop = run_dir / "STOP"
     request_stop.unlink(missing_ok=True)
@@ -89,9 +94,11 @@ def run_training_job(
     started = time.time()
     summary: dict[str, Any] = {"stage": stage, "status": "failed", "run_dir": str(run_dir)}
     try:
-        with _stop_on_sigterm(request_stop), _progress_display(run_dir, config, enabled=progress):
+        with _progress_display(run_dir, config, enabled=progress):
             result = _launch(request, launcher)
         summary.update(result)
+        if on_success is not None and summary.get("status") == "finished":
+            summary.update(on_success(summary, target))
     except BaseException as err:
         summary["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
         _finish(
@@ -125,10 +132,12 @@ def _launch(request: TrainRequest, launcher: str) -> dict[str, Any]:
     from launch import workers
 
     if launcher == "local":
-        return workers.run_local(request)
+        with _stop_on_sigterm(request.stop_file):
+            return workers.run_local(request)
     from launch.ray_cluster import ray_session
 
-    with ray_session(request.config.cluster):
+    # After ray.init: it installs its own SIGTERM handler, which would exit without a checkpoint.
+    with ray_session(request.config.cluster), _stop_on_sigterm(request.stop_file):
         return workers.run_ray(request)
 
 

@@ -9,6 +9,8 @@ with `num_classes=0`, HF as a `ViTModel` whose pooler is the head's hidden layer
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -32,7 +34,8 @@ def consolidated_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
         return {k: v.float().contiguous() for k, v in state.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.root), tag=checkpoint.tag)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a progress report per file
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.root), tag=checkpoint.tag)
     return {k: v.float().contiguous() for k, v in state.items()}
 
 
@@ -54,18 +57,40 @@ def export_checkpoint(source: Path, out: Path, fmt: str = "safetensors") -> dict
         raise CheckpointError(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     checkpoint = open_checkpoint(source)
     model = load_checkpoint_model(checkpoint)
-    info = {
+    info = export_info(
+        model,
+        fmt=fmt,
+        classes=checkpoint.meta.get("classes"),
+        source=str(checkpoint.path),
+        step=checkpoint.step,
+        stage=checkpoint.meta.get("stage"),
+        preprocess=checkpoint.meta.get("preprocess"),
+    )
+    save_model(model, out, fmt=fmt, info=info)
+    return info
+
+
+def export_info(
+    model,
+    *,
+    fmt: str = "safetensors",
+    classes: list[str] | None = None,
+    source: str | None = None,
+    step: int = 0,
+    stage: str | None = None,
+    preprocess: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What `config.json` of an export says about the model next to it."""
+    return {
         "format": EXPORT_FORMAT,
         "weights_format": fmt,
         "vit_config": model.config.to_dict(),
-        "classes": checkpoint.meta.get("classes"),
-        "source_checkpoint": str(checkpoint.path),
-        "step": checkpoint.step,
-        "stage": checkpoint.meta.get("stage"),
-        "preprocess": checkpoint.meta.get("preprocess"),
+        "classes": classes,
+        "source_checkpoint": source,
+        "step": step,
+        "stage": stage,
+        "preprocess": preprocess,
     }
-    save_model(model, out, fmt=fmt, info=info)
-    return info
 
 
 def save_model(model, out: Path, *, fmt: str = "safetensors", info: dict[str, Any]) -> None:

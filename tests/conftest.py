@@ -63,3 +63,23 @@ def fractal_shards(tmp_path_factory, ray_local):
     )
     run_shard(config, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory, ray_local):
+    """scikit-learn's 1797 real digits at 32 px, 20% val (stratified)."""
+    from launch.shard_job import run_shard
+    from pipelines.config import config_from_dict
+
+    out = tmp_path_factory.mktemp("digits") / "shards"
+    raw = {
+        "shard": {
+            "source": {"kind": "digits", "image_size": 32},
+            "output": str(out),
+            "samples_per_shard": 500,
+            "image_format": "png",
+            "val_fraction": 0.2,
+        }
+    }
+    run_shard(config_from_dict(raw), progress=False)
+    return out

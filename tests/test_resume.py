@@ -104,6 +104,38 @@ def test_sigkill_of_the_whole_job_then_resume_auto_is_bit_exact(
     assert_same_run(reference_run, run_dir, resumed_step)
 
 
+def test_sigterm_checkpoints_and_exits_cleanly(fractal_shards, tmp_path):
+    raw = exact_job(
+        fractal_shards,
+        tmp_path,
+        train={"total_steps": 400},
+        checkpoint={"every_n_steps": 2},
+        tracking={"enabled": False},
+    )
+    run_dir = tmp_path / "run"
+    config_file = write_yaml(raw, tmp_path / "job.yaml")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "pretrain", "-c", str(config_file)]
+        + ["--run-dir", str(run_dir), "--no-progress"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(run_dir / "checkpoints" / "step_0000002" / "COMMITTED.json")
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=300) == 0, job.stderr.read().decode()[-2000:]
+    finally:
+        if job.poll() is None:
+            _kill_session(job)
+    stopped = summary(run_dir)
+    assert stopped["status"] == "stopped" and 2 <= stopped["steps"] < 400
+    assert Path(stopped["checkpoint"]).name == f"step_{stopped['steps']:07d}"
+    assert latest_checkpoint(run_dir / "checkpoints").step == stopped["steps"]
+
+
 def test_worker_killed_mid_run_is_restored_by_failure_config_bit_exact(
     fractal_shards, tmp_path, reference_run
 ):

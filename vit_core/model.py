@@ -120,12 +120,14 @@ class VisionTransformer(nn.Module):
         x = self.pre_logits(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits; equal to `forward_head(forward_features(x))`, but with cls pooling the last
-        block skips the patch tokens' outputs (its MLP and projection on N tokens: ~6% of the
-        compute of a 12-block model), since the head never reads them."""
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (or, with `pre_logits`, the representation few-shot probes use); equal to
+        `forward_head(forward_features(x), pre_logits)`, but with cls pooling the last block
+        skips the patch tokens' outputs (its MLP and projection on N tokens: ~6% of the compute
+        of a 12-block model), since the head never reads them. Going through `forward` also
+        keeps wrappers that hook the top-level call (DeepSpeed ZeRO-3) working."""
         x = self.norm(self._encode(x, cls_only=self.config.pool == "cls"))
-        return self.forward_head(x)
+        return self.forward_head(x, pre_logits=pre_logits)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that AdamW must not decay (biases and norms are excluded by ndim)."""

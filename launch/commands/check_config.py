@@ -16,8 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.config import dump_config, load_config
+    from pathlib import Path
 
+    from pipelines.config import dump_config, load_config
+    from pipelines.config.loader import read_yaml
+    from pipelines.config.pipeline import is_pipeline, load_pipeline
+
+    if is_pipeline(read_yaml(Path(args.config))):
+        _, stages = load_pipeline(args.config, args.overrides)
+        for stage, config in stages.items():
+            sys.stdout.write(f"# --- {stage} ---\n{dump_config(config)}")
+        return 0
     config = load_config(args.config, args.overrides)
     sys.stdout.write(dump_config(config))
     return 0

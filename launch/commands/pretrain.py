@@ -45,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from launch.shard_job import ensure_shards
     from launch.train_job import run_training_job
     from pipelines.config import load_config
+    from pipelines.config.paths import with_absolute_paths
 
-    config = load_config(args.config, args.overrides)
+    config = with_absolute_paths(load_config(args.config, args.overrides), args.run_dir)
     ensure_shards(config, progress=not args.no_progress)
     summary = run_training_job(
         config,
         stage="pretrain",
-        run_dir=args.run_dir,
         resume=args.resume,
         launcher=args.launcher,
         progress=not args.no_progress,

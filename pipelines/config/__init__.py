@@ -14,6 +14,7 @@ from pipelines.config.runtime import ClusterSection, TrackingSection
 from pipelines.config.training import (
     CheckpointSection,
     DeepSpeedSection,
+    FinetuneSection,
     OptimSection,
     ScheduleSection,
     TrainSection,
@@ -25,6 +26,7 @@ __all__ = [
     "ClusterSection",
     "DataSection",
     "DeepSpeedSection",
+    "FinetuneSection",
     "JobConfig",
     "ModelSection",
     "OptimSection",

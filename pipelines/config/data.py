@@ -33,7 +33,7 @@ class SourceSection(Section):
 
 class ShardSection(Section):
     source: SourceSection
-    output: str
+    output: str | None = Field(None, description="None: <run dir>/shards")
     samples_per_shard: int = Field(1000, ge=1)
     max_size: int | None = Field(None, ge=8, description="resize the shorter side on write")
     image_format: Literal["jpeg", "png", "keep"] = "jpeg"
@@ -49,6 +49,9 @@ class DataSection(Section):
     val_shards: str | None = Field(None, description="None: the val split of train_shards")
     train_split: str = "train"
     val_split: str = "val"
+    fewshot_shards: str | None = Field(
+        None, description="a shard dir with train/val splits for few-shot evaluation"
+    )
     num_workers: int = Field(2, ge=0, description="dataloader workers per rank")
     prefetch_factor: int = Field(2, ge=1)
     shuffle_buffer: int = Field(1000, ge=0)

@@ -15,6 +15,7 @@ from pipelines.config.runtime import ClusterSection, TrackingSection
 from pipelines.config.training import (
     CheckpointSection,
     DeepSpeedSection,
+    FinetuneSection,
     OptimSection,
     ScheduleSection,
     TrainSection,
@@ -36,6 +37,7 @@ class JobConfig(Section):
     tracking: TrackingSection = TrackingSection()
     cluster: ClusterSection = ClusterSection()
     shard: ShardSection | None = None
+    finetune: FinetuneSection | None = None
 
     @model_validator(mode="after")
     def _check_across_sections(self) -> JobConfig:
@@ -48,6 +50,11 @@ class JobConfig(Section):
             problems.append(
                 f"schedule.warmup_steps={self.schedule.warmup_steps} must be less than "
                 f"train.total_steps={self.train.total_steps}"
+            )
+        if self.train.fewshot_every_n_steps and not self.data.fewshot_shards:
+            problems.append(
+                "train.fewshot_every_n_steps needs data.fewshot_shards (a shard dir with "
+                "train/val splits, e.g. from configs/shard/digits.yaml)"
             )
         if self.data.decode_device == "cuda" and not self.cluster.use_gpu:
             problems.append("data.decode_device='cuda' needs cluster.use_gpu=true")

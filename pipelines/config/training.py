@@ -66,3 +66,14 @@ class TrainSection(Section):
 class CheckpointSection(Section):
     every_n_steps: int | None = Field(None, ge=1, description="None: only at the end")
     keep_last: int = Field(2, ge=2)
+
+
+class FinetuneSection(Section):
+    """Fine-tuning: the architecture and weights come from `--from`; the `model:` section is
+    not used. Defaults follow big_vision's transfer recipe (SGD momentum 0.9, no weight decay,
+    clipping at 1.0, warmup then cosine): set those in `optim:`/`schedule:`."""
+
+    mode: Literal["full", "linear_probe"] = "full"
+    img_size: int | None = Field(None, ge=8, description="None: the source model's size")
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    register_model: bool = Field(True, description="register the fine-tuned model in MLflow")

@@ -123,7 +123,9 @@ def _feature_fn(model: nn.Module | FeatureFn) -> tuple[FeatureFn, Callable[[], N
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         x = images.to(device=device, dtype=dtype, non_blocking=True)
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+        # Through the top-level call (not forward_features/forward_head), so wrappers that
+        # hook it, like DeepSpeed ZeRO-3's parameter gathering, see the whole forward.
+        return model(x, pre_logits=True)
 
     def restore() -> None:
         if isinstance(model, nn.Module):

@@ -45,6 +45,11 @@ class DeepSpeedEngine:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self._engine(images.to(self.device, dtype=self.input_dtype, non_blocking=True))
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pre-logits representation (few-shot probes), through the engine's forward."""
+        x = images.to(self.device, dtype=self.input_dtype, non_blocking=True)
+        return self._engine(x, pre_logits=True).float()
+
     def backward(self, loss: torch.Tensor) -> None:
         self._engine.backward(loss)
 

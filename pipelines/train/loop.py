@@ -93,6 +93,7 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
     window_steps = 0
     last_loss = math.nan
     last_eval: EvalResult | None = None
+    last_fewshot: dict[str, float] = {}
     last_checkpoint = resume_from.path if resume_from is not None else None
     status = "finished"
     mixing = config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
@@ -173,6 +174,16 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
                 record = {"step": progress.step, **last_eval.metrics()}
                 ctx.on_main(lambda r=record: _emit(metrics_file, tracker, r, total))
 
+            every_fewshot = config.train.fewshot_every_n_steps
+            if (
+                config.data.fewshot_shards
+                and every_fewshot
+                and (done or progress.step % every_fewshot == 0)
+            ):
+                last_fewshot = _fewshot(engine, config, ctx, vit_config.img_size)
+                record = {"step": progress.step, **last_fewshot}
+                ctx.on_main(lambda r=record: _emit(metrics_file, tracker, r, total))
+
             every_ckpt = config.checkpoint.every_n_steps
             if done or stopping or (every_ckpt and progress.step % every_ckpt == 0):
                 last_checkpoint = _save(engine, train_loader, progress, request, ctx, meta)
@@ -205,6 +216,7 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
         "resumed_from": str(resume_from.path) if resume_from else None,
         "num_classes": num_classes,
         "tracking_complete": bool(tracking_ok),
+        **last_fewshot,
         **{f"loader_{k}": v for k, v in _loader_stats(train_loader).items()},
     }
     return result
@@ -418,6 +430,9 @@ def _emit(metrics_file: MetricsFile, tracker, record: dict[str, Any], total: int
             100 * record["data_wait_frac"],
             100 * record.get("mfu", 0.0),
         )
+    elif any(k.startswith("fewshot/") for k in record):
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("fewshot/"))
+        log.warning("step %d/%d  %s", record["step"], total, shown)
     elif "val/top1" in record:
         log.warning(
             "step %d/%d  val top-1 %.4f  loss %.4f",
@@ -451,6 +466,28 @@ def _mix(config: JobConfig, images, labels, num_classes: int, step: int, micro: 
         label_smoothing=config.train.label_smoothing,
         generator=generator,
     )
+
+
+def _fewshot(
+    engine: DeepSpeedEngine, config: JobConfig, ctx: DistContext, img_size: int
+) -> dict[str, float]:
+    from pipelines.evaluation.probe import fewshot_on_shards
+
+    engine.train(False)
+    try:
+        return fewshot_on_shards(
+            engine.features,
+            config.data.fewshot_shards,
+            ctx=ctx,
+            data=config.data,
+            augment=config.augment,
+            img_size=img_size,
+            shots=config.train.fewshot_shots,
+            seed=config.train.seed,
+            micro_batch_size=config.train.micro_batch_size,
+        )
+    finally:
+        engine.train(True)
 
 
 def _flops(vit_config) -> float:

@@ -1,4 +1,6 @@
-"""The model a stage starts from: a fresh preset for pretraining."""
+"""The model a stage starts from: a fresh preset for pretraining; for fine-tuning, a loaded
+backbone with its MLP head swapped for a zero-initialised linear head (and, when the image size
+changes, its position embeddings resampled)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,27 @@ from torch import nn
 
 from pipelines.train.request import TrainRequest
 
+SIGMOID_HEAD_BIAS = -10.0  # big_vision's init for sigmoid losses: start at p ~ 4.5e-5 per class
+
 
 def build_model(request: TrainRequest, num_classes: int) -> nn.Module:
-    import vit_core
+    config = request.config
+    if request.init_from is None:
+        import vit_core
 
-    section = request.config.model
-    return vit_core.create_model(section.name, **section.vit_overrides(num_classes))
+        overrides = config.model.vit_overrides(num_classes)
+        if config.train.loss == "sigmoid_bce":
+            overrides["head_bias_init"] = SIGMOID_HEAD_BIAS
+        return vit_core.create_model(config.model.name, **overrides)
+
+    from pipelines.model_sources import load_source_model
+
+    model = load_source_model(request.init_from).model
+    model.swap_head(num_classes)
+    finetune = config.finetune
+    if finetune and finetune.img_size and finetune.img_size != model.config.img_size:
+        model.resize_pos_embed(finetune.img_size, mode=finetune.interpolation)
+    if finetune and finetune.mode == "linear_probe":
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("head.")
+    return model.train()

@@ -1,0 +1,89 @@
+"""A pipeline config (`vitpipe run`): the pretraining and fine-tuning job configs of one
+experiment in one file, plus `shared:` sections merged into both (cluster, tracking, ...).
+
+    name: demo
+    shared: {cluster: {num_workers: 2}, tracking: {experiment: vitpipe-demo}}
+    pretrain: {shard: ..., model: ..., train: ...}      # a full job config
+    finetune: {shard: ..., finetune: ..., optim: ...}   # a full job config
+    eval: {fewshot_shots: [5, 10]}
+    compare_from_scratch: true
+
+Every problem of every stage is reported at once, prefixed with the stage (`pretrain.optim.lr`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from pipelines.config.base import Section
+from pipelines.config.job import JobConfig
+from pipelines.config.loader import apply_overrides, config_from_dict, read_yaml
+from pipelines.errors import ConfigError
+
+STAGES = ("pretrain", "finetune")
+
+
+class EvalStageSection(Section):
+    fewshot_shots: list[int] = Field([5, 10], min_length=1)
+
+
+class PipelineConfig(Section):
+    name: str = Field("pipeline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    run_dir: str | None = Field(None, description="None: runs/<name>")
+    shared: dict[str, Any] = {}
+    pretrain: dict[str, Any]
+    finetune: dict[str, Any]
+    eval: EvalStageSection = EvalStageSection()
+    compare_from_scratch: bool = True
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def is_pipeline(raw: dict[str, Any]) -> bool:
+    return any(stage in raw for stage in STAGES)
+
+
+def load_pipeline(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[PipelineConfig, dict[str, JobConfig]]:
+    """The pipeline and one validated `JobConfig` per stage; `ConfigError` lists every problem."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides)
+    raw.setdefault("name", path.stem)
+    return pipeline_from_dict(raw)
+
+
+def pipeline_from_dict(raw: dict[str, Any]) -> tuple[PipelineConfig, dict[str, JobConfig]]:
+    problems: list[str] = []
+    try:
+        pipeline = PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        from pipelines.config.loader import _describe
+
+        raise ConfigError([_describe(e) for e in err.errors()]) from None
+    stages: dict[str, JobConfig] = {}
+    for stage in STAGES:
+        merged = _deep_merge(pipeline.shared, getattr(pipeline, stage))
+        merged.setdefault("name", f"{pipeline.name}-{stage}")
+        try:
+            stages[stage] = config_from_dict(merged)
+        except ConfigError as err:
+            problems.extend(f"{stage}.{p}" for p in err.problems)
+    if problems:
+        raise ConfigError(problems)
+    return pipeline, stages
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

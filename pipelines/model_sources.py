@@ -1,0 +1,77 @@
+"""Where a stage's starting weights come from: a vitpipe export, a sharded checkpoint (any ZeRO
+stage, any world size), or a Hugging Face ViT directory written by `save_pretrained`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    model: Any  # vit_core.VisionTransformer, eval mode, fp32, CPU
+    kind: str  # "export" | "checkpoint" | "hf"
+    path: str
+    classes: list[str] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def source_kind(path: Path) -> str:
+    """Which of the three layouts `path` is; a clear error naming them when none."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"--from {str(path)!r} does not exist")
+    config_file = path / "config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError:
+            config = {}
+        if config.get("format") == "vitpipe-export":
+            return "export"
+        if config.get("model_type") == "vit" or "hidden_size" in config:
+            return "hf"
+    if (
+        (path / "COMMITTED.json").is_file()
+        or (path / "checkpoints").is_dir()
+        or any(p.name.startswith("step_") for p in path.iterdir() if p.is_dir())
+    ):
+        return "checkpoint"
+    raise CheckpointError(
+        f"--from {str(path)!r} is not a model: expected a vitpipe export (config.json + "
+        "model.safetensors), a checkpoint dir (COMMITTED.json) or run dir, or a Hugging Face "
+        "ViT dir (config.json with model_type 'vit')"
+    )
+
+
+def load_source_model(path: str | Path) -> SourceModel:
+    path = Path(path)
+    kind = source_kind(path)
+    if kind == "export":
+        from pipelines.export import load_exported
+
+        model, info = load_exported(path)
+        return SourceModel(model, kind, str(path), info.get("classes"), info)
+    if kind == "hf":
+        from vit_core import load_hf_dir
+
+        try:
+            model = load_hf_dir(path)
+        except ValueError as err:
+            raise CheckpointError(f"--from {str(path)!r}: {err}") from None
+        config = json.loads((path / "config.json").read_text())
+        labels = config.get("id2label") or {}
+        classes = [labels[k] for k in sorted(labels, key=int)] if labels else None
+        return SourceModel(model.eval(), kind, str(path), classes, {"hf_config": config})
+    from pipelines.export import load_checkpoint_model
+    from pipelines.train.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(path)
+    model = load_checkpoint_model(checkpoint)
+    return SourceModel(
+        model, kind, str(checkpoint.path), checkpoint.meta.get("classes"), checkpoint.meta
+    )

@@ -1,0 +1,93 @@
+"""`vitpipe run`: shard -> pretrain -> finetune (and from scratch) -> eval, one MLflow parent run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from launch.cli import main as cli_main
+
+from train_fixtures import tiny_job
+
+pytestmark = pytest.mark.slow
+
+
+def pipeline_file(tmp_path, fractal_shards, digits_shards):
+    pretrain = tiny_job(
+        fractal_shards, tmp_path, train={"total_steps": 3}, checkpoint={"every_n_steps": None}
+    )
+    finetune = tiny_job(
+        digits_shards,
+        tmp_path,
+        finetune={"mode": "full"},
+        augment={"hflip": 0.0},
+        train={"total_steps": 3},
+        checkpoint={"every_n_steps": None},
+    )
+    for stage in (pretrain, finetune):
+        for section in ("name", "tracking", "cluster"):
+            stage.pop(section)
+    raw = {
+        "name": "pipe",
+        "shared": {
+            "cluster": {"num_workers": 2},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "pipe"},
+        },
+        "pretrain": pretrain,
+        "finetune": finetune,
+        "eval": {"fewshot_shots": [2]},
+    }
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_run_the_whole_pipeline(fractal_shards, digits_shards, tmp_path, ray_local, capsys):
+    path = pipeline_file(tmp_path, fractal_shards, digits_shards)
+    run_dir = tmp_path / "run"
+    assert cli_main(["run", "-c", str(path), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuned from the pretrained checkpoint" in out and "random initialisation" in out
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["elapsed_s"] > 0
+    for key in ("pretrained_val_top1", "scratch_val_top1", "fewshot/2shot_top1"):
+        assert 0 <= summary[key] <= 1, key
+    assert summary["registered_model_uri"].startswith("models:/")
+    for stage in ("pretrain", "finetune", "finetune_scratch", "eval", "fewshot"):
+        assert (run_dir / stage / "summary.json").is_file(), stage
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["mlflow_tracking_uri"])
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    stages = sorted(run.data.tags["vitpipe.stage"] for run in children)
+    assert stages == ["eval", "eval", "finetune", "finetune", "pretrain"]
+    tuned = next(
+        r
+        for r in children
+        if r.data.tags.get("vitpipe.lineage.pretrain_checkpoint")
+        and r.data.tags["vitpipe.stage"] == "finetune"
+    )
+    assert tuned.data.tags["vitpipe.lineage.pretrain_checkpoint"] == summary["pretrain_checkpoint"]
+
+
+def test_pipeline_config_errors_are_prefixed_with_the_stage(
+    fractal_shards, digits_shards, tmp_path, capsys
+):
+    path = pipeline_file(tmp_path, fractal_shards, digits_shards)
+    raw = yaml.safe_load(path.read_text())
+    raw["pretrain"]["optim"]["lr"] = "3e-4"
+    raw["finetune"]["trian"] = {}
+    path.write_text(yaml.safe_dump(raw))
+    assert cli_main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "pretrain.optim.lr" in err and "finetune.trian: unknown key; did you mean 'train'?" in err
+    )
