@@ -55,14 +55,12 @@ def command_line() -> str:
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a large square matmul in `dtype` on `device`, measured now (never cached).
-
-    On a GPU the matmul must be big enough to saturate the tensor cores (1024^3 is launch-bound
-    on an H100 and under-reads the peak by ~2-3x, which would inflate MFU), so 8192 is used there.
-    """
-    size, seconds = (8192, 1.0) if device.type == "cuda" else (1024, 0.5)
+    """FLOP/s of a large square matmul in `dtype` on `device`, measured now (never cached), the
+    same measurement the training loop makes (8192^3 on a GPU, where 1024^3 is launch-bound and
+    would under-read the peak and inflate MFU)."""
+    seconds = 1.0 if device.type == "cuda" else 0.5
     name = str(dtype).removeprefix("torch.")
-    return measured_peak_flops.__wrapped__(str(device), name, size=size, seconds=seconds)
+    return measured_peak_flops.__wrapped__(str(device), name, seconds=seconds)
 
 
 def max_rss_bytes() -> int:

@@ -22,6 +22,8 @@ its threads the OS has descheduled; `--threads N` overrides.
     python benchmarks/train_step.py --device cuda --models vit_base_patch16 --profile
     python benchmarks/train_step.py --device cuda --models vit_base_patch16 \
         --with-loader /data/shards                 # real ShardLoader: img/s and data-wait
+    python benchmarks/train_step.py --device cuda --models vit_base_patch16 \
+        --with-loader /data/shards --device-decode # JPEG decode + crop on the GPU
 
 A model is a vit_core preset name, optionally with an image-size suffix and `:field=value`
 overrides of ViTConfig, e.g. `vit_small_patch16_64:depth=6`. Needs torch, timm and this
@@ -119,6 +121,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead of the sweep: vit_core fed by the real ShardLoader; img/s and data-wait",
     )
     p.add_argument("--split", default="train", help="--with-loader: the manifest split")
+    p.add_argument(
+        "--device-decode",
+        action="store_true",
+        help="--with-loader: decode JPEGs and crop on --device (data.decode_device: cuda)",
+    )
     p.add_argument("--workers", type=int, default=None, help="--with-loader: loader workers")
     p.add_argument("--debug", action="store_true", help="raise failures instead of reporting")
     args = p.parse_args(argv)
@@ -487,6 +494,9 @@ def run_with_loader(args: argparse.Namespace, device: torch.device, peak: float)
         data=data,
         augment=AugmentSection(),
         img_size=config.img_size,
+        # The training loop's options: decode on the device, or copy batches one step ahead.
+        decode_on=device if args.device_decode else None,
+        device=device if device.type == "cuda" and not args.device_decode else None,
     )
     if loader.batches_per_epoch < 1:
         raise SystemExit(
@@ -525,6 +535,7 @@ def run_with_loader(args: argparse.Namespace, device: torch.device, peak: float)
         "batch": batch,
         "img_size": config.img_size,
         "workers": workers,
+        "device_decode": bool(args.device_decode),
         "steps": n,
         "shards": str(args.with_loader),
         "img_per_s": img_s,

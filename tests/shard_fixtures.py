@@ -34,9 +34,18 @@ def shard_name(split: str, shard: int) -> str:
     return f"{split}-{shard:06d}.tar"
 
 
-def _image_bytes(key: str, size: int, image_format: str) -> bytes:
+def _image_bytes(key: str, size: int, image_format: str, smooth: bool = False) -> bytes:
     rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
-    pixels = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+    if smooth:  # a few low-frequency waves: resampling methods agree on these
+        y, x = np.mgrid[0:size, 0 : size + 4] / size
+        phase, freq = rng.uniform(0, 6.3, 3), rng.uniform(0.2, 0.6, 3)
+        waves = [
+            np.sin(2 * np.pi * f * (x + y * k) + p)
+            for f, p, k in zip(freq, phase, (0, 1, -1), strict=True)
+        ]
+        pixels = (127.5 + 120 * np.stack(waves, -1)).astype(np.uint8)
+    else:
+        pixels = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG" if image_format == "png" else "JPEG")
     return buf.getvalue()
@@ -58,6 +67,8 @@ def write_shard_set(
     image_format: str = "png",
     bad_image: Collection[str] = (),
     no_cls: Collection[str] = (),
+    bad_after_header: Collection[str] = (),
+    smooth: bool = False,
 ) -> Manifest:
     """Write shards with the given sample counts per split, and their manifest; return it."""
     root.mkdir(parents=True, exist_ok=True)
@@ -82,8 +93,10 @@ def write_shard_set(
                     image = (
                         b"\x89PNG garbage" * 5
                         if key in bad_image
-                        else _image_bytes(key, image_size, image_format)
+                        else _image_bytes(key, image_size, image_format, smooth)
                     )
+                    if key in bad_after_header:  # a valid header, then garbage
+                        image = image[: len(image) // 3] + b"\x00" * 64
                     _add(tar, f"{key}.{ext}", image)
             data = path.read_bytes()
             shards.append(ShardInfo(path.name, count, len(data), hashlib.sha256(data).hexdigest()))
@@ -118,6 +131,7 @@ def make_loader(
     train: bool = True,
     img_size: int = 16,
     max_skip_fraction: float = 0.0,
+    decode_on=None,
     **augment: object,
 ):
     """A ShardLoader with test-sized defaults (imported lazily to keep this module light)."""
@@ -141,4 +155,5 @@ def make_loader(
         augment=AugmentSection(**augment),
         img_size=img_size,
         train=train,
+        decode_on=decode_on,
     )

@@ -58,6 +58,11 @@ class JobConfig(Section):
             )
         if self.data.decode_device == "cuda" and not self.cluster.use_gpu:
             problems.append("data.decode_device='cuda' needs cluster.use_gpu=true")
+        if self.data.decode_device == "cuda" and self.augment.randaugment:
+            problems.append(
+                "augment.randaugment runs in the CPU dataloader workers; it needs "
+                "data.decode_device='cpu'"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

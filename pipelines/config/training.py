@@ -53,8 +53,14 @@ class TrainSection(Section):
     log_every_n_steps: int = Field(10, ge=1)
     eval_every_n_steps: int | None = Field(None, ge=1, description="None: only at the end")
     eval_max_batches: int | None = Field(None, ge=1, description="None: the whole val split")
-    compile: bool = False
+    compile: bool | None = Field(None, description="torch.compile the model; None: on a GPU")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    autocast: bool | None = Field(
+        None, description="bf16 autocast over fp32 weights; None: on a GPU when precision is fp32"
+    )
+    prefetch_to_device: bool | None = Field(
+        None, description="copy the next batch to the device during this step; None: on a GPU"
+    )
     peak_tflops: float | None = Field(None, gt=0, description="None: measured at start-up")
     fewshot_every_n_steps: int | None = Field(None, ge=1)
     fewshot_shots: list[int] = Field([5, 10], min_length=1)

@@ -13,6 +13,7 @@ from torch import nn
 from pipelines.config import JobConfig
 from pipelines.train.distributed import DistContext
 from pipelines.train.ds_config import deepspeed_config
+from pipelines.train.fast_path import FastPath
 from pipelines.train.optim import build_optimizer
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -20,7 +21,13 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class DeepSpeedEngine:
     def __init__(
-        self, config: JobConfig, model: nn.Module, ctx: DistContext, *, load_universal: bool = False
+        self,
+        config: JobConfig,
+        model: nn.Module,
+        ctx: DistContext,
+        *,
+        load_universal: bool = False,
+        fast: FastPath | None = None,
     ):
         import deepspeed
 
@@ -34,6 +41,11 @@ class DeepSpeedEngine:
         )
         self.input_dtype = _DTYPES[config.deepspeed.precision]
         self.device = self._engine.device
+        fast = fast or FastPath.resolve(config, on_gpu=ctx.device == "cuda")
+        self.autocast = fast.autocast
+        if fast.compile:
+            # In place (module.compile): state-dict keys stay free of `_orig_mod.`.
+            self._engine.compile(compile_kwargs={"mode": fast.compile_mode})
 
     @property
     def module(self) -> nn.Module:
@@ -42,13 +54,14 @@ class DeepSpeedEngine:
     def train(self, mode: bool = True) -> None:
         self._engine.train(mode)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self._engine(images.to(self.device, dtype=self.input_dtype, non_blocking=True))
+    def __call__(self, images: torch.Tensor, **kwargs) -> torch.Tensor:
+        x = images.to(self.device, dtype=self.input_dtype, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self._engine(x, **kwargs)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The pre-logits representation (few-shot probes), through the engine's forward."""
-        x = images.to(self.device, dtype=self.input_dtype, non_blocking=True)
-        return self._engine(x, pre_logits=True).float()
+        return self(images, pre_logits=True).float()
 
     def backward(self, loss: torch.Tensor) -> None:
         self._engine.backward(loss)

@@ -24,6 +24,7 @@ from pipelines.train import checkpoint as ckpt
 from pipelines.train.distributed import DistContext
 from pipelines.train.engine import DeepSpeedEngine
 from pipelines.train.evaluate import EvalResult, evaluate
+from pipelines.train.fast_path import FastPath
 from pipelines.train.losses import classification_loss
 from pipelines.train.metrics import MetricsFile, Throughput
 from pipelines.train.model_init import build_model
@@ -34,6 +35,9 @@ from pipelines.train.schedule import lr_factor
 from pipelines.train.universal import convert_to_universal, universal_location
 
 log = logging.getLogger(__name__)
+
+# Steps between the collective that asks every rank whether to stop (a host sync).
+STOP_CHECK_EVERY = 5
 
 
 @dataclass
@@ -60,11 +64,18 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
     vit_config = model.config
     if config.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    engine = DeepSpeedEngine(config, model, ctx, load_universal=universal)
+    fast = FastPath.resolve(config, on_gpu=ctx.device == "cuda")
+    engine = DeepSpeedEngine(config, model, ctx, load_universal=universal, fast=fast)
     accum = config.grad_accum_steps(ctx.world_size)
 
     train_loader = _loader(
-        config, ctx, split=config.data.train_split, train=True, img_size=vit_config.img_size
+        config,
+        ctx,
+        split=config.data.train_split,
+        train=True,
+        img_size=vit_config.img_size,
+        device=engine.device if fast.prefetch else None,
+        decode_on=engine.device if config.data.decode_device == "cuda" else None,
     )
     val_loader = _val_loader(config, ctx, vit_config.img_size, manifest)
 
@@ -84,12 +95,13 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
         keys_file = MetricsFile(keys_path, resume_step=resumed_step)
     tracker = ctx.on_main(lambda: _async_tracker(request))
     flops_per_image = _flops(vit_config)
-    peak = _peak_flops(config, ctx)
+    peak = _peak_flops(config, ctx, fast)
     meta = _checkpoint_meta(request, vit_config, num_classes, manifest, ctx)
 
     stop = _StopSignal(request)
     throughput = Throughput()
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    # Summed on the device: reading a loss back every micro-step would sync the host each step.
+    loss_sum = torch.zeros((), dtype=torch.float32, device=engine.device)
     window_steps = 0
     last_loss = math.nan
     last_eval: EvalResult | None = None
@@ -98,9 +110,10 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
     status = "finished"
     mixing = config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
     total = config.train.total_steps
+
     batches = iter(train_loader)
     engine.train()
-    _log_start(ctx, request, progress, engine, accum, train_loader)
+    _log_start(ctx, request, progress, engine, accum, train_loader, fast)
 
     with stop.installed():
         while progress.step < total:
@@ -137,13 +150,15 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
                 )
                 engine.backward(loss)
                 engine.step()
-                loss_sum += loss.detach().double().cpu()
+                loss_sum += loss.detach().float()
                 throughput.add(images.shape[0], wait)
             progress.step += 1
             progress.samples_seen += config.train.global_batch_size
             window_steps += 1
             done = progress.step >= total
-            stopping = ctx.any_true(stop.requested()) or progress.step == request.stop_at_step
+            stopping = progress.step == request.stop_at_step
+            if done or progress.step % STOP_CHECK_EVERY == 0:
+                stopping = ctx.any_true(stop.requested()) or stopping
 
             if progress.step % config.train.log_every_n_steps == 0 or done or stopping:
                 record = _window_metrics(
@@ -212,6 +227,7 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
         "images_per_sec": world_images,
         "data_wait_frac": world_wait / ctx.world_size,
         "mfu": 3 * flops_per_image * world_images / (peak * ctx.world_size),
+        "fast_path": fast.describe(),
         "checkpoint": str(last_checkpoint) if last_checkpoint else None,
         "resumed_from": str(resume_from.path) if resume_from else None,
         "num_classes": num_classes,
@@ -240,6 +256,8 @@ def _loader(
     train: bool,
     img_size: int,
     root: str | None = None,
+    device: torch.device | None = None,
+    decode_on: torch.device | None = None,
 ):
     from pipelines.data.loader import ShardLoader
 
@@ -254,6 +272,8 @@ def _loader(
         augment=config.augment,
         img_size=img_size,
         train=train,
+        device=device,
+        decode_on=decode_on,
     )
 
 
@@ -496,23 +516,23 @@ def _flops(vit_config) -> float:
     return float(flops(vit_config))
 
 
-def _peak_flops(config: JobConfig, ctx: DistContext) -> float:
+def _peak_flops(config: JobConfig, ctx: DistContext, fast: FastPath) -> float:
+    """Against the dtype the matmuls actually run in: bf16 weights or bf16 autocast on a GPU."""
     if config.train.peak_tflops:
         return config.train.peak_tflops * 1e12
-    dtype = (
-        "bfloat16" if config.deepspeed.precision == "bf16" and ctx.device == "cuda" else "float32"
-    )
+    bf16_math = config.deepspeed.precision == "bf16" or fast.autocast
+    dtype = "bfloat16" if bf16_math and ctx.device == "cuda" else "float32"
     measured = ctx.on_main(lambda: measured_peak_flops(ctx.device, dtype))
     return float(ctx.broadcast_object(measured))
 
 
-def _log_start(ctx, request, progress, engine, accum, loader) -> None:
+def _log_start(ctx, request, progress, engine, accum, loader, fast: FastPath) -> None:
     if not ctx.is_main:
         return
     config = request.config
     log.warning(
         "%s: %d worker(s), ZeRO-%d %s, micro-batch %d x accum %d x world %d = %d, %d batches/epoch/rank, "
-        "starting at step %d/%d",
+        "starting at step %d/%d; %s",
         request.stage,
         ctx.world_size,
         config.deepspeed.zero_stage,
@@ -524,6 +544,7 @@ def _log_start(ctx, request, progress, engine, accum, loader) -> None:
         loader.batches_per_epoch,
         progress.step,
         config.train.total_steps,
+        fast.describe(),
     )
 
 

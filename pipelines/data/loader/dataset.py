@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.config.data import AugmentSection
+from pipelines.data.loader.crop_boxes import CropBox, eval_box, train_box
 from pipelines.data.loader.plan import ConsumerPlan, EpochPlan, derive_seed, worker_batches_before
 from pipelines.data.loader.tar_reader import Missing, RawSample, read_shard
 from pipelines.data.loader.transforms import (
@@ -35,6 +36,7 @@ from pipelines.data.loader.transforms import (
     apply_seeded,
     decode_sample,
     eval_transform,
+    parse_sample,
     train_transform,
 )
 from pipelines.data.storage import Location
@@ -51,6 +53,12 @@ def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
 
 
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    if not data:  # frombuffer refuses an empty buffer
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """Everything a worker needs; plain data so that it pickles under any start method."""
@@ -64,21 +72,25 @@ class DatasetSpec:
     max_skip_fraction: float
     img_size: int
     augment: AugmentSection
+    # False: leave the pixels to the training process (data.decode_device); choose boxes only.
+    decode_in_worker: bool = True
 
 
 @dataclass
 class _Good:
-    image: torch.Tensor  # uint8 (3, h, w), not yet augmented
+    image: torch.Tensor | bytes  # uint8 (3, h, w), not yet augmented; or still encoded
     label: int
     key: str
+    size: tuple[int, int] = (0, 0)  # (width, height) of an encoded image
 
 
 @dataclass
 class _Slot:
-    image: torch.Tensor  # uint8 (3, img_size, img_size), augmented
+    image: torch.Tensor | bytes  # uint8 (3, img_size, img_size), augmented; or still encoded
     label: int
     key: str
     valid: bool
+    box: CropBox | None = None  # where the device crops an encoded image
 
 
 class ShardDataset(IterableDataset):
@@ -140,24 +152,44 @@ class ConsumerStream:
         except BadSample as err:
             self._skip(position, item, str(err))
             if not self.train:
-                return _Slot(self._blank(), 0, "", False)
+                return self._invalid()
             reserve = self.reserve()
             if not reserve:
                 raise DataError(self._no_reserve_message()) from None
             good = reserve[slot % len(reserve)]
             self.counts["refilled"] += 1
+        if not self.spec.decode_in_worker:
+            box = self._box(good.size, position)
+            return _Slot(good.image, good.label, good.key, True, box)
         return _Slot(self._augment(good.image, position), good.label, good.key, True)
 
     def _padding(self) -> _Slot:
         self.counts["padded"] += 1
+        return self._invalid()
+
+    def _invalid(self) -> _Slot:
+        if not self.spec.decode_in_worker:
+            return _Slot(b"", 0, "", False, CropBox(0, 0, 1, 1, False))
         return _Slot(self._blank(), 0, "", False)
 
     def _collate(self, filled: list[_Slot]) -> dict[str, Any]:
+        if not self.spec.decode_in_worker:
+            return self._collate_encoded(filled)
         images = _batch_buffer((len(filled), 3, self.spec.img_size, self.spec.img_size))
         for s, out in zip(filled, images, strict=True):
             self.normalize(s.image, out)
         return {
             "image": images,
+            "label": torch.tensor([s.label for s in filled], dtype=torch.int64),
+            "key": [s.key for s in filled],
+            "valid": torch.tensor([s.valid for s in filled], dtype=torch.bool),
+            "stats": {"consumer": self.plan.consumer, **self.counts},
+        }
+
+    def _collate_encoded(self, filled: list[_Slot]) -> dict[str, Any]:
+        return {
+            "encoded": [_byte_tensor(s.image) for s in filled],
+            "box": torch.tensor([s.box.as_row() for s in filled], dtype=torch.int64),
             "label": torch.tensor([s.label for s in filled], dtype=torch.int64),
             "key": [s.key for s in filled],
             "valid": torch.tensor([s.valid for s in filled], dtype=torch.bool),
@@ -200,6 +232,11 @@ class ConsumerStream:
     def _decode(self, item: RawSample | Missing) -> _Good:
         if isinstance(item, Missing):
             raise BadSample(item.reason)
+        if not self.spec.decode_in_worker:
+            data, size, label = parse_sample(
+                item, num_classes=self.spec.num_classes, max_pixels=self.spec.max_pixels
+            )
+            return _Good(data, label, item.key, size)
         image, label = decode_sample(
             item, num_classes=self.spec.num_classes, max_pixels=self.spec.max_pixels
         )
@@ -211,6 +248,12 @@ class ConsumerStream:
             return self.transform(image)
         seed = derive_seed("sample", plan.seed, plan.epoch, position)
         return apply_seeded(self.transform, image, seed)
+
+    def _box(self, size: tuple[int, int], position: int) -> CropBox:
+        plan, augment = self.spec.plan, self.spec.augment
+        if not self.train:
+            return eval_box(*size, augment.eval_crop_pct)
+        return train_box(*size, augment, derive_seed("sample", plan.seed, plan.epoch, position))
 
     def _blank(self) -> torch.Tensor:
         return torch.zeros(3, self.spec.img_size, self.spec.img_size, dtype=torch.uint8)

@@ -56,6 +56,8 @@ from torch.utils.data import DataLoader
 
 from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
+from pipelines.data.loader.device_decode import DeviceDecoder
+from pipelines.data.loader.device_prefetch import prefetched
 from pipelines.data.loader.plan import EpochPlan, Segment, Topology, plan_eval, plan_train_epoch
 from pipelines.data.manifest import Manifest, SplitInfo, check_shard_name, read_manifest
 from pipelines.data.storage import Location, locate
@@ -97,6 +99,8 @@ class ShardLoader:
         train: bool = True,
         manifest: Manifest | None = None,
         multiprocessing_context: str | None = None,
+        device: torch.device | None = None,
+        decode_on: torch.device | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
@@ -117,6 +121,10 @@ class ShardLoader:
         self.augment = augment
         self.img_size = img_size
         self.multiprocessing_context = multiprocessing_context
+        # Batches are copied here one step ahead; None: they stay in (pinned) host memory.
+        self.device = device
+        # Where images are decoded, cropped and normalised; None: in the dataloader workers.
+        self.decode_on = decode_on
         self.topology = Topology(
             world_size, data.num_workers, micro_batch_size, data.shuffle_buffer if train else 0
         )
@@ -128,10 +136,7 @@ class ShardLoader:
         self._totals: Counter[str] = Counter()
         self._live: dict[int, dict[str, int]] = {}
         self._resume_note = "fresh start (no loader state loaded)"
-        if data.decode_device != "cpu":
-            logger.warning(
-                "data.decode_device=%r: ShardLoader decodes on the CPU", data.decode_device
-            )
+        self._decoder: DeviceDecoder | None = None
         self._plan()  # an impossible plan fails here, before any process starts
 
     # -- epochs and sizes ------------------------------------------------------------------
@@ -208,6 +213,7 @@ class ShardLoader:
             max_skip_fraction=self.data.max_skip_fraction,
             img_size=self.img_size,
             augment=self.augment,
+            decode_in_worker=self.decode_on is None,
         )
         workers = self.data.num_workers
         pin = (
@@ -229,16 +235,34 @@ class ShardLoader:
             generator=torch.Generator().manual_seed(self.seed),
         )
         self._fold_live()
+        batches = self._checked(loader)
+        if self.decode_on is not None:
+            batches = map(self._device_decoder(), batches)
+        elif self.device is not None:
+            batches = prefetched(batches, self.device)
         try:
-            for batch in loader:
-                if "error" in batch:
-                    raise DataError(batch["error"])
-                stats = batch.pop("stats")
-                self._live[stats.pop("consumer")] = stats
+            for batch in batches:
+                # Counted when handed out, not when read ahead: a checkpoint taken now resumes
+                # at the first batch the step has not seen.
                 self._position += 1
                 yield batch
         finally:
             self._fold_live()
+
+    def _device_decoder(self) -> DeviceDecoder:
+        if self._decoder is None:
+            self._decoder = DeviceDecoder(
+                self.decode_on, self.img_size, self.augment.mean, self.augment.std, train=self.train
+            )
+        return self._decoder
+
+    def _checked(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
+        for batch in loader:
+            if "error" in batch:
+                raise DataError(batch["error"])
+            stats = batch.pop("stats")
+            self._live[stats.pop("consumer")] = stats
+            yield batch
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -252,6 +276,9 @@ class ShardLoader:
         totals = Counter(self._totals)
         for counts in self._live.values():
             totals.update(counts)
+        if self._decoder is not None:  # read by a worker, then undecodable on the device
+            totals["skipped"] += self._decoder.failed
+            totals["samples"] -= self._decoder.failed
         out: dict[str, int | float] = {
             f"samples_{k}" if k != "samples" else k: totals[k] for k in _COUNTERS
         }

@@ -44,6 +44,18 @@ class BadSample(Exception):
 
 def decode_sample(raw: RawSample, *, num_classes: int, max_pixels: int) -> tuple[torch.Tensor, int]:
     """RawSample -> (uint8 RGB image (3, H, W), label); raises BadSample with the reason."""
+    data, _, label = parse_sample(raw, num_classes=num_classes, max_pixels=max_pixels)
+    try:
+        return _decode_rgb(data), label
+    except Exception as err:  # PIL and libjpeg/libpng raise many types on garbage bytes.
+        raise BadSample(f"undecodable image: {type(err).__name__}: {err}") from None
+
+
+def parse_sample(
+    raw: RawSample, *, num_classes: int, max_pixels: int
+) -> tuple[bytes, tuple[int, int], int]:
+    """RawSample -> (encoded image, (width, height), label) from the header alone; raises
+    BadSample with the reason."""
     cls = raw.fields.get("cls")
     if cls is None:
         raise BadSample("no .cls member")
@@ -59,14 +71,13 @@ def decode_sample(raw: RawSample, *, num_classes: int, max_pixels: int) -> tuple
     try:
         # Header only: refuse decompression bombs before allocating the pixels.
         width, height = image_size(data)
-        if width * height > max_pixels:
-            raise BadSample(f"{width}x{height} image exceeds data.max_pixels={max_pixels}")
-        image = _decode_rgb(data)
-    except BadSample:
-        raise
-    except Exception as err:  # PIL and libjpeg/libpng raise many types on garbage bytes.
+    except Exception as err:  # PIL raises many types on garbage bytes.
         raise BadSample(f"undecodable image: {type(err).__name__}: {err}") from None
-    return image, label
+    if width * height > max_pixels:
+        raise BadSample(f"{width}x{height} image exceeds data.max_pixels={max_pixels}")
+    if width < 1 or height < 1:
+        raise BadSample(f"image header says {width}x{height}")
+    return data, (width, height), label
 
 
 def image_size(data: bytes) -> tuple[int, int]:
