@@ -55,7 +55,9 @@ def connect(cluster: ClusterSection, num_cpus: int | None = None) -> None:
         address="local",
         num_cpus=num_cpus or max(os.cpu_count() or 1, 1),
         num_gpus=None if cluster.use_gpu else 0,
-        include_dashboard=False,
+        # Ray Train's placement-group cleaner polls the State API, which the dashboard serves;
+        # without it every poll logs a warning. Loopback only.
+        include_dashboard=True,
         dashboard_host="127.0.0.1",
         runtime_env=runtime_env,
         log_to_driver=True,
