@@ -110,7 +110,6 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
     status = "finished"
     mixing = config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
     total = config.train.total_steps
-
     batches = iter(train_loader)
     engine.train()
     _log_start(ctx, request, progress, engine, accum, train_loader, fast)
