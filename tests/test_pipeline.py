@@ -91,3 +91,20 @@ def test_pipeline_config_errors_are_prefixed_with_the_stage(
     assert (
         "pretrain.optim.lr" in err and "finetune.trian: unknown key; did you mean 'train'?" in err
     )
+
+
+def test_run_with_a_job_config_says_it_needs_a_pipeline(tmp_path, capsys):
+    # A fine-tuning job config has a `finetune:` section too; it must not pass for a pipeline.
+    path = tmp_path / "ft.yaml"
+    path.write_text("name: ft\nfinetune:\n  mode: full\ntrain:\n  total_steps: 5\n")
+    assert cli_main(["run", "-c", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a job config (no `pretrain:` section)" in err and len(err.splitlines()) == 1
+    assert cli_main(["check-config", "-c", str(path)]) == 0
+
+
+def test_unknown_pipeline_key_suggests_a_pipeline_field(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text("pretrain: {}\nfinetune: {}\nshard: {}\n")
+    assert cli_main(["check-config", "-c", str(path)]) == 2
+    assert "shard: unknown key; did you mean 'shared'?" in capsys.readouterr().err

@@ -322,3 +322,24 @@ def test_fractal_is_deterministic_and_distinct_per_class():
     assert not np.array_equal(other_seed, first[0])
     # images of one class vary, and differ more across classes than within a class
     assert not np.array_equal(first[0], first[1])
+
+
+def test_fractal_without_random_orientation_keeps_classes_upright():
+    # Digits-style downstream tasks are orientation-sensitive: the demo pretrains on upright
+    # fractals. Only the flip/quarter-turn draws change; the image is one of the 8 orientations
+    # of the default one, and sources left at the default keep their description (and shards).
+    section = SourceSection(
+        kind="fractal", num_classes=3, images_per_class=4, image_size=24, num_points=2000
+    )
+    upright_section = section.model_copy(update={"random_orientation": False})
+    default, upright = build_source(section), build_source(upright_section)
+    assert "random_orientation" not in default.describe()
+    assert upright.describe()["random_orientation"] is False
+    refs = default.index().refs
+    turned = [np.asarray(item.image) for _, item in default.load(refs)]
+    fixed = [np.asarray(item.image) for _, item in upright.load(refs)]
+    for a, b in zip(turned, fixed, strict=True):
+        orientations = [np.rot90(b, k) for k in range(4)]
+        orientations += [o[:, ::-1] for o in orientations]
+        assert any(np.array_equal(a, o) for o in orientations)
+    assert any(not np.array_equal(a, b) for a, b in zip(turned, fixed, strict=True))

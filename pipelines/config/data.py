@@ -22,6 +22,9 @@ class SourceSection(Section):
     images_per_class: int = Field(100, ge=1, description="fractal: images per class")
     image_size: int = Field(64, ge=8, description="fractal: rendered size; digits: upscaled size")
     num_points: int = Field(20_000, ge=100, description="fractal: chaos-game points per image")
+    random_orientation: bool = Field(
+        True, description="fractal: a random flip and quarter turn per image"
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -101,14 +101,19 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _describe(error: dict[str, Any]) -> str:
-    """One line for one pydantic error: dotted field, what was given, what is allowed."""
+def _describe(error: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+    """One line for one pydantic error: dotted field, what was given, what is allowed.
+
+    `root` is the model the error's location starts from (default: `JobConfig`).
+    """
     loc = [str(p) for p in error["loc"]]
     dotted = ".".join(loc) or "config"
     given = error.get("input")
     kind = error["type"]
+    if kind == "missing":
+        return f"{dotted}: required, missing"
     if kind == "extra_forbidden":
-        known = _field_names(loc[:-1])
+        known = _field_names(loc[:-1], root or JobConfig)
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
         return f"{dotted}: unknown key; {hint}"
@@ -140,8 +145,8 @@ def _yaml_float(text: str) -> str:
     return f"{mantissa}e{exponent}" if exponent else mantissa
 
 
-def _field_names(loc: list[str]) -> list[str]:
-    model: type[BaseModel] | None = JobConfig
+def _field_names(loc: list[str], root: type[BaseModel]) -> list[str]:
+    model: type[BaseModel] | None = root
     for part in loc:
         field = model.model_fields.get(part) if model else None
         model = _model_in(field.annotation) if field else None

@@ -45,7 +45,9 @@ class PipelineConfig(Section):
 
 
 def is_pipeline(raw: dict[str, Any]) -> bool:
-    return any(stage in raw for stage in STAGES)
+    """A pipeline has a `pretrain:` section; a job config never does (a fine-tuning job config
+    has its own `finetune:` section, so that key alone decides nothing)."""
+    return "pretrain" in raw
 
 
 def load_pipeline(
@@ -53,7 +55,15 @@ def load_pipeline(
 ) -> tuple[PipelineConfig, dict[str, JobConfig]]:
     """The pipeline and one validated `JobConfig` per stage; `ConfigError` lists every problem."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides)
+    raw = read_yaml(path)
+    if not is_pipeline(raw):
+        raise ConfigError(
+            [
+                f"{path} is a job config (no `pretrain:` section); a pipeline config has "
+                "`pretrain:` and `finetune:` job sections (see configs/demo.yaml)"
+            ]
+        )
+    raw = apply_overrides(raw, overrides)
     raw.setdefault("name", path.stem)
     return pipeline_from_dict(raw)
 
@@ -65,7 +75,7 @@ def pipeline_from_dict(raw: dict[str, Any]) -> tuple[PipelineConfig, dict[str, J
     except ValidationError as err:
         from pipelines.config.loader import _describe
 
-        raise ConfigError([_describe(e) for e in err.errors()]) from None
+        raise ConfigError([_describe(e, PipelineConfig) for e in err.errors()]) from None
     stages: dict[str, JobConfig] = {}
     for stage in STAGES:
         merged = _deep_merge(pipeline.shared, getattr(pipeline, stage))

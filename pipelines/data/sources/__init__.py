@@ -43,6 +43,7 @@ def build_source(section: SourceSection) -> Source:
             section.image_size,
             section.num_points,
             section.seed,
+            section.random_orientation,
         )
     raise AssertionError(f"unknown source kind {section.kind!r}")
 

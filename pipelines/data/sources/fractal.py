@@ -5,7 +5,9 @@ drawn uniformly from [-1, 1] (a seeded stream per class), re-drawn until every m
 contractive (largest singular value <= 0.9) and the attractor fills enough of the canvas. An image
 is the attractor rendered by the chaos game, with per-image variation: each IFS parameter scaled
 by a factor in [0.9, 1.1], a random colour per map, a random scale and offset inside the canvas,
-and a random flip and quarter turn. Everything follows from (seed, class, image), so the bytes
+and (unless `random_orientation` is off) a random flip and quarter turn. Turning that off keeps
+every class upright, which matters when the downstream task is orientation-sensitive (digits: a
+6 turned is a 9); with it on the model learns orientation invariance. Everything follows from (seed, class, image), so the bytes
 are the same on every run.
 
 Shapes: params (N, 6) rows [a, b, c, d, e, f] for x' = a x + b y + e, y' = c x + d y + f.
@@ -126,7 +128,14 @@ def class_params(seed: int, class_id: int) -> np.ndarray:
     raise DataError(f"fractal class {class_id}: no usable IFS after {_MAX_DRAWS} draws")
 
 
-def render(seed: int, class_id: int, image_id: int, size: int, num_points: int) -> Image.Image:
+def render(
+    seed: int,
+    class_id: int,
+    image_id: int,
+    size: int,
+    num_points: int,
+    random_orientation: bool = True,
+) -> Image.Image:
     """One image of one class: the class IFS, varied per image, as an RGB image."""
     rng = _generator(seed, class_id, image_id + 1)
     base = class_params(seed, class_id)
@@ -151,9 +160,10 @@ def render(seed: int, class_id: int, image_id: int, size: int, num_points: int) 
     tau = 0.5 * total.sum() / max(np.count_nonzero(total), 1)
     value = mix * (1 - np.exp(-total / tau))[:, None]
     pixels = np.rint(value * 255).astype(np.uint8).reshape(size, size, 3)
-    pixels = np.rot90(pixels, k=int(rng.integers(4)))
-    if rng.uniform() < 0.5:
-        pixels = pixels[:, ::-1]
+    if random_orientation:  # the last draws: turning it off changes nothing else
+        pixels = np.rot90(pixels, k=int(rng.integers(4)))
+        if rng.uniform() < 0.5:
+            pixels = pixels[:, ::-1]
     return Image.fromarray(np.ascontiguousarray(pixels))
 
 
@@ -161,8 +171,15 @@ class FractalSource(Source):
     kind = "fractal"
 
     def __init__(
-        self, num_classes: int, images_per_class: int, image_size: int, num_points: int, seed: int
+        self,
+        num_classes: int,
+        images_per_class: int,
+        image_size: int,
+        num_points: int,
+        seed: int,
+        random_orientation: bool = True,
     ):
+        self.random_orientation = random_orientation
         self.num_classes = num_classes
         self.images_per_class = images_per_class
         self.image_size = image_size
@@ -170,6 +187,7 @@ class FractalSource(Source):
         self.seed = seed
 
     def describe(self) -> dict[str, Any]:
+        fixed = {} if self.random_orientation else {"random_orientation": False}
         return {
             "kind": self.kind,
             "num_classes": self.num_classes,
@@ -177,7 +195,7 @@ class FractalSource(Source):
             "image_size": self.image_size,
             "num_points": self.num_points,
             "seed": self.seed,
-        }
+        } | fixed
 
     def index(self) -> SourceIndex:
         refs = tuple(
@@ -192,5 +210,7 @@ class FractalSource(Source):
         size = self.image_size
         for ref in refs:
             class_id, image_id = ref.locator
-            image = render(self.seed, class_id, image_id, size, self.num_points)
+            image = render(
+                self.seed, class_id, image_id, size, self.num_points, self.random_orientation
+            )
             yield ref, Decoded(image, (size, size))
