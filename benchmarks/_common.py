@@ -1,5 +1,6 @@
 """Helpers the benchmark scripts share: device description, synchronisation, the measured peak
-FLOP/s that MFU is taken against, memory accounting, and a plain-text table.
+FLOP/s that MFU is taken against, timing of a step loop, memory accounting, and a plain-text
+table.
 
 Imports torch and `pipelines.train.peak` (torch only) and nothing else from the project, so the
 scripts that use it run on a GPU box with only torch (and timm for the baseline) installed.
@@ -12,7 +13,8 @@ import platform
 import resource
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,20 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def timed(
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n: int,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds per step over n steps; syncs only at the two ends. On a
+    shared CPU machine the CPU time is the steadier of the two: time descheduled is not counted."""
+    sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        step(x, y)
+    sync(device)
+    return (time.perf_counter() - start) / n, (time.process_time() - cpu_start) / n

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import timed
 from torch import nn
 
 import vit_core
@@ -68,24 +68,6 @@ def make_step(
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(
-    step: Callable, x: torch.Tensor, y: torch.Tensor, n: int, device: torch.device
-) -> tuple[float, float]:
-    """Mean (wall, process CPU) seconds per step over n steps. On a shared CPU machine the CPU
-    time is the steadier of the two: time spent descheduled is not counted."""
-    sync(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(n):
-        step(x, y)
-    sync(device)
-    return (time.perf_counter() - start) / n, (time.process_time() - cpu_start) / n
 
 
 def main(argv: list[str] | None = None) -> None:
