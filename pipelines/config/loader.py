@@ -101,10 +101,10 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _describe(error: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+def _describe(error: dict[str, Any], root: type[BaseModel] = JobConfig) -> str:
     """One line for one pydantic error: dotted field, what was given, what is allowed.
 
-    `root` is the model the error's location starts from (default: `JobConfig`).
+    `root` is the model the error's location starts from.
     """
     loc = [str(p) for p in error["loc"]]
     dotted = ".".join(loc) or "config"
@@ -113,7 +113,7 @@ def _describe(error: dict[str, Any], root: type[BaseModel] | None = None) -> str
     if kind == "missing":
         return f"{dotted}: required, missing"
     if kind == "extra_forbidden":
-        known = _field_names(loc[:-1], root or JobConfig)
+        known = _field_names(loc[:-1], root)
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
         return f"{dotted}: unknown key; {hint}"

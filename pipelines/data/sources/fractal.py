@@ -7,8 +7,8 @@ is the attractor rendered by the chaos game, with per-image variation: each IFS 
 by a factor in [0.9, 1.1], a random colour per map, a random scale and offset inside the canvas,
 and (unless `random_orientation` is off) a random flip and quarter turn. Turning that off keeps
 every class upright, which matters when the downstream task is orientation-sensitive (digits: a
-6 turned is a 9); with it on the model learns orientation invariance. Everything follows from (seed, class, image), so the bytes
-are the same on every run.
+6 turned is a 9); with it on the model learns orientation invariance. Everything follows from
+(seed, class, image), so the bytes are the same on every run.
 
 Shapes: params (N, 6) rows [a, b, c, d, e, f] for x' = a x + b y + e, y' = c x + d y + f.
 The chaos game runs walkers in lock-step (vectorised over walkers). Every walker starts at the
@@ -179,12 +179,12 @@ class FractalSource(Source):
         seed: int,
         random_orientation: bool = True,
     ):
-        self.random_orientation = random_orientation
         self.num_classes = num_classes
         self.images_per_class = images_per_class
         self.image_size = image_size
         self.num_points = num_points
         self.seed = seed
+        self.random_orientation = random_orientation
 
     def describe(self) -> dict[str, Any]:
         fixed = {} if self.random_orientation else {"random_orientation": False}
