@@ -27,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:  # vit_core / pipelines without an installed 
 from pipelines.train.peak import measured_peak_flops  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def sync(device: torch.device) -> None:
@@ -103,8 +104,28 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
+def train_step(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Step:
+    """One benchmarked training step: forward (autocast unless fp32) + cross-entropy + backward +
+    optimizer step + `set_to_none` zeroing, with no host sync of its own."""
+    amp = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with amp:
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def timed(
-    step: Callable[[torch.Tensor, torch.Tensor], None],
+    step: Step,
     x: torch.Tensor,
     y: torch.Tensor,
     n: int,

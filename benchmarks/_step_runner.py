@@ -10,17 +10,13 @@ from __future__ import annotations
 import argparse
 import gc
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from _common import DTYPES
+from _common import DTYPES, Step, train_step
 from torch import nn
 
 import vit_core
-
-Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -62,16 +58,7 @@ def build_runner(
     model = build_model(impl, config).to(device).train()
     optimizer, kind = make_optimizer(model, device)
     forward = torch.compile(model, mode=args.compile_mode) if mode == "compiled" else model
-    dtype = DTYPES[args.dtype]
-    amp = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with amp:
-            loss = F.cross_entropy(forward(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = train_step(forward, optimizer, device, DTYPES[args.dtype])
     return Runner(impl, model, optimizer, step), kind
 
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from _common import timed
+from _common import Step, timed, train_step
 from torch import nn
 
 import vit_core
@@ -52,22 +50,12 @@ def build_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     return ours, timm_model
 
 
-def make_step(
-    model: nn.Module, args: argparse.Namespace, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def make_step(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Step:
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, foreach=True)
     forward = torch.compile(model) if args.compile else model
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with amp:
-            loss = F.cross_entropy(forward(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
+    return train_step(forward, optimizer, device, dtype)
 
 
 def main(argv: list[str] | None = None) -> None:
