@@ -37,7 +37,7 @@ from pipelines.config.data import AugmentSection, DataSection  # noqa: E402
 from pipelines.data.loader import ShardLoader  # noqa: E402
 from pipelines.data.loader.transforms import _decode_rgb  # noqa: E402
 from pipelines.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest  # noqa: E402
-from pipelines.data.storage import locate  # noqa: E402
+from pipelines.storage import locate  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

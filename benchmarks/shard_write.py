@@ -27,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.ray_cluster import connect  # noqa: E402
-from launch.shard_job import run_shard  # noqa: E402
+from launch.stages.shard import run_shard  # noqa: E402
 from pipelines.config import ClusterSection, JobConfig, config_from_dict  # noqa: E402
 from pipelines.data import shard_set  # noqa: E402
 from pipelines.data.manifest import read_manifest  # noqa: E402

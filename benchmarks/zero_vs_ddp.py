@@ -57,8 +57,8 @@ from _common import (  # noqa: E402
 
 import vit_core  # noqa: E402
 from pipelines.config import JobConfig, apply_overrides, config_from_dict  # noqa: E402
+from pipelines.distributed import DistContext  # noqa: E402
 from pipelines.errors import ConfigError  # noqa: E402
-from pipelines.train.distributed import DistContext  # noqa: E402
 
 VARIANTS = {"ddp": None, "zero0": 0, "zero1": 1, "zero2": 2, "zero3": 3}
 GOAL_RATIO = 1.15

@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pipelines.distributed import DistContext
 from pipelines.errors import VitpipeError
-from pipelines.train.distributed import DistContext
 from pipelines.train.request import TrainRequest
 
 RESULT_FILE = "worker_result.json"

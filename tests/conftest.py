@@ -40,7 +40,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def fractal_shards(tmp_path_factory, ray_local):
     """A small real shard set (10 classes x 40 fractal images at 32 px, 10% val)."""
-    from launch.shard_job import run_shard
+    from launch.stages.shard import run_shard
     from pipelines.config import config_from_dict
 
     out = tmp_path_factory.mktemp("shards") / "fractal"
@@ -68,7 +68,7 @@ def fractal_shards(tmp_path_factory, ray_local):
 @pytest.fixture(scope="session")
 def digits_shards(tmp_path_factory, ray_local):
     """scikit-learn's 1797 real digits at 32 px, 20% val (stratified)."""
-    from launch.shard_job import run_shard
+    from launch.stages.shard import run_shard
     from pipelines.config import config_from_dict
 
     out = tmp_path_factory.mktemp("digits") / "shards"

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest
-from pipelines.data.storage import locate
+from pipelines.storage import locate
 
 
 def sample_key(split: str, shard: int, index: int) -> str:

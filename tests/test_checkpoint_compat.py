@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from launch.train_job import run_training_job
+from launch.stages.training import run_training_job
 from pipelines.config import config_from_dict
 from pipelines.export import export_checkpoint
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pipelines.evaluation import confusion_png, per_class_table, write_report
-from pipelines.train.evaluate import EvalResult
+from pipelines.evaluation.evaluate import EvalResult
 
 # rows: true class, columns: predicted class
 HAND_MADE = torch.tensor([[5, 1, 0], [2, 2, 0], [0, 0, 0]])

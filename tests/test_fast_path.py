@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from torch._dynamo.utils import counters
 
-from launch.train_job import run_training_job
+from launch.stages.training import run_training_job
 
 from train_fixtures import as_config, summary, tiny_job, train_losses
 

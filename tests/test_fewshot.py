@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from pipelines.distributed import DistContext
 from pipelines.evaluation import extract_features, fewshot_accuracy, fewshot_eval, gather_features
 from pipelines.evaluation.fewshot import BIAS_CONSTANT, STD_EPS, RidgeProbe, select_shots
-from pipelines.train.distributed import DistContext
 from vit_core import VisionTransformer, ViTConfig
 
 

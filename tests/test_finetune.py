@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from launch.cli import main as cli_main
-from launch.finetune_job import run_finetune_job
-from launch.train_job import run_training_job
+from launch.stages.finetune import run_finetune_job
+from launch.stages.training import run_training_job
 from pipelines.export import export_checkpoint, load_checkpoint_model, load_exported
 from pipelines.train.checkpoint import latest_checkpoint
 from pipelines.train.model_init import build_model

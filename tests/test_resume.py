@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch
 
-from launch.train_job import run_training_job
+from launch.stages.training import run_training_job
 from pipelines.errors import CheckpointError
 from pipelines.export import consolidated_state_dict, export_checkpoint, load_exported
 from pipelines.train.checkpoint import latest_checkpoint, open_checkpoint

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from launch.cli import main as cli_main
-from launch.shard_job import run_shard
+from launch.stages.shard import run_shard
 from pipelines.config import config_from_dict
 from pipelines.data.manifest import read_manifest
 from pipelines.data.rejects import read_rejects
-from pipelines.data.storage import locate
+from pipelines.storage import locate
 
 
 @pytest.fixture(scope="module", autouse=True)

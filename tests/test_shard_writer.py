@@ -1,4 +1,4 @@
-"""Plan, tar and per-shard writing without Ray: real files through `pipelines.data.storage`."""
+"""Plan, tar and per-shard writing without Ray: real files through `pipelines.storage`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from PIL import Image
 
 from pipelines.data.image_encode import EncodeOptions, PreparedImage
 from pipelines.data.rejects import read_rejects, write_rejects
-from pipelines.data.shard_plan import make_plan, split_refs
 from pipelines.data.shard_writer import (
     ShardJob,
     ShardSample,
@@ -26,7 +25,8 @@ from pipelines.data.shard_writer import (
 )
 from pipelines.data.sources import Rejected, SampleRef, SourceIndex
 from pipelines.data.sources.fractal import FractalSource
-from pipelines.data.storage import locate
+from pipelines.data.write_plan import make_plan, split_refs
+from pipelines.storage import locate
 
 
 def _refs(counts: dict[int, int]) -> tuple[SampleRef, ...]:

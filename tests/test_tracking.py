@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.train_job import run_training_job
+from launch.stages.training import run_training_job
 from pipelines.errors import TrackingError
 
 from train_fixtures import as_config, tiny_job, train_losses

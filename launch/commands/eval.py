@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.eval_job import run_eval_job
+    from launch.stages.evaluate import run_eval_job
     from pipelines.config import load_config
 
     config = load_config(args.config, args.overrides)

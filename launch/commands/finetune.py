@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.finetune_job import run_finetune_job
+    from launch.stages.finetune import run_finetune_job
     from pipelines.config import load_config
 
     config = load_config(args.config, args.overrides)

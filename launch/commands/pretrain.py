@@ -42,8 +42,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.shard_job import ensure_shards
-    from launch.train_job import run_training_job
+    from launch.stages.shard import ensure_shards
+    from launch.stages.training import run_training_job
     from pipelines.config import load_config
     from pipelines.config.paths import with_absolute_paths
 

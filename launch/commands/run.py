@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.pipeline_job import format_table, run_pipeline
+    from launch.stages.pipeline import format_table, run_pipeline
     from pipelines.config.pipeline import load_pipeline
 
     pipeline, stages = load_pipeline(args.config, args.overrides)

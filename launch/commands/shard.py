@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.shard_job import format_summary, run_shard
+    from launch.stages.shard import format_summary, run_shard
     from pipelines.config import load_config
     from pipelines.errors import ConfigError
 

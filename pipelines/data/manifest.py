@@ -11,8 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipelines.data.storage import Location, locate
 from pipelines.errors import DataError
+from pipelines.storage import Location, locate
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

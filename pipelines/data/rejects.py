@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.data.sources.base import Rejected
-from pipelines.data.storage import Location
+from pipelines.storage import Location
 
 REJECTED_NAME = "rejected.parquet"
 SCHEMA = pa.schema(

@@ -21,11 +21,11 @@ from pipelines.config import ShardSection
 from pipelines.data.image_encode import EncodeOptions
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, SplitInfo, write_manifest
 from pipelines.data.rejects import REJECTED_NAME, count_reasons, write_rejects
-from pipelines.data.shard_plan import VAL, ShardPlan, make_plan
 from pipelines.data.shard_writer import SHARD_FORMAT_VERSION, STATE_DIR, ShardJob, ShardResult
 from pipelines.data.sources import Rejected, build_source
-from pipelines.data.storage import Location, locate
+from pipelines.data.write_plan import VAL, ShardPlan, make_plan
 from pipelines.errors import DataError
+from pipelines.storage import Location, locate
 
 _OUR_SHARD_RE = re.compile(r"^(train|val)-\d{6}\.tar$")
 

@@ -1,6 +1,6 @@
 """Writing one shard: load its samples, prepare each image, build the tar, write it atomically.
 
-Pure (no Ray) so it runs and is tested in one process; `launch/shard_job.py` runs `write_shard`
+Pure (no Ray) so it runs and is tested in one process; `launch/stages/shard.py` runs `write_shard`
 as Ray tasks. The bytes of a shard depend only on its `ShardTask` and the `ShardJob` settings:
 
 - tar: USTAR, members in sample order and per sample `.cls`, `.json`, then the image (`.jpg` or
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from pipelines.data.image_encode import EncodeOptions, ImageRejected, PreparedImage, prepare_image
 from pipelines.data.manifest import ShardInfo
-from pipelines.data.shard_plan import ShardTask
 from pipelines.data.sources.base import Rejected, Source
-from pipelines.data.storage import Location
+from pipelines.data.write_plan import ShardTask
+from pipelines.storage import Location
 
 SHARD_FORMAT_VERSION = 1  # bump when shard bytes change for the same inputs and options
 STATE_DIR = "_state"

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipelines.train.distributed import DistContext
+from pipelines.distributed import DistContext
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 

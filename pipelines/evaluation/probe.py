@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from pipelines.config import AugmentSection, DataSection
+from pipelines.distributed import DistContext
 from pipelines.evaluation.features import extract_features, gather_features
 from pipelines.evaluation.fewshot import fewshot_eval
-from pipelines.train.distributed import DistContext
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines.train.evaluate import EvalResult
+from pipelines.evaluation.evaluate import EvalResult
 
 REPORT_JSON = "eval_report.json"
 CONFUSION_PNG = "confusion_matrix.png"

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
-from pipelines.train.distributed import DistContext
 
 log = logging.getLogger(__name__)
 

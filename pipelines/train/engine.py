@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipelines.config import JobConfig
-from pipelines.train.distributed import DistContext
+from pipelines.distributed import DistContext
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.fast_path import FastPath
 from pipelines.train.optim import build_optimizer

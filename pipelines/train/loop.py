@@ -19,11 +19,11 @@ import torch
 
 from pipelines.config import JobConfig
 from pipelines.data.manifest import Manifest, read_manifest
+from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
+from pipelines.evaluation.evaluate import EvalResult, evaluate
 from pipelines.train import checkpoint as ckpt
-from pipelines.train.distributed import DistContext
 from pipelines.train.engine import DeepSpeedEngine
-from pipelines.train.evaluate import EvalResult, evaluate
 from pipelines.train.fast_path import FastPath
 from pipelines.train.losses import classification_loss
 from pipelines.train.metrics import MetricsFile, Throughput

@@ -5,7 +5,7 @@ Modules, one job each: `plan` (who reads which sample in which order; pure), `ta
 `dataset` (the per-worker IterableDataset), `shard_loader` (the rank's loader and its state).
 """
 
-from pipelines.data.loader.plan import (
+from pipelines.data.loader.read_plan import (
     EpochPlan,
     Segment,
     Topology,

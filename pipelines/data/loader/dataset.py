@@ -28,7 +28,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipelines.config.data import AugmentSection
 from pipelines.data.loader.crop_boxes import CropBox, eval_box, train_box
-from pipelines.data.loader.plan import ConsumerPlan, EpochPlan, derive_seed, worker_batches_before
+from pipelines.data.loader.read_plan import (
+    ConsumerPlan,
+    EpochPlan,
+    derive_seed,
+    worker_batches_before,
+)
 from pipelines.data.loader.tar_reader import Missing, RawSample, read_shard
 from pipelines.data.loader.transforms import (
     BadSample,
@@ -39,8 +44,8 @@ from pipelines.data.loader.transforms import (
     parse_sample,
     train_transform,
 )
-from pipelines.data.storage import Location
 from pipelines.errors import DataError
+from pipelines.storage import Location
 
 logger = logging.getLogger(__name__)
 

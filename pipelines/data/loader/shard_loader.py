@@ -58,10 +58,16 @@ from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
 from pipelines.data.loader.device_decode import DeviceDecoder
 from pipelines.data.loader.device_prefetch import prefetched
-from pipelines.data.loader.plan import EpochPlan, Segment, Topology, plan_eval, plan_train_epoch
+from pipelines.data.loader.read_plan import (
+    EpochPlan,
+    Segment,
+    Topology,
+    plan_eval,
+    plan_train_epoch,
+)
 from pipelines.data.manifest import Manifest, SplitInfo, check_shard_name, read_manifest
-from pipelines.data.storage import Location, locate
 from pipelines.errors import DataError
+from pipelines.storage import Location, locate
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipelines.data.storage import Location
+from pipelines.storage import Location
 
 # tarfile's stream buffer re-slices what it holds on every read: small is fast (1 MiB is 5x slower).
 _READ_BUFFER = tarfile.RECORDSIZE

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines.data.sources.base import Item, Rejected, SampleRef
-from pipelines.data.storage import Location
+from pipelines.storage import Location
 
 
 def read_item(location: Location, ref: SampleRef) -> Item:

@@ -22,8 +22,8 @@ from pipelines.data.sources.base import (
     unique_keys,
 )
 from pipelines.data.sources.files import read_item
-from pipelines.data.storage import locate
 from pipelines.errors import DataError
+from pipelines.storage import locate
 
 
 class ImageFolderSource(Source):

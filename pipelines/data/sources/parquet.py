@@ -32,8 +32,8 @@ from pipelines.data.sources.base import (
     unique_keys,
 )
 from pipelines.data.sources.files import read_item
-from pipelines.data.storage import Location, locate
 from pipelines.errors import DataError
+from pipelines.storage import Location, locate
 
 _READ_BATCH_ROWS = 256
 # (file name, file, row in file, row group, row in group, label)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from launch.shard_job import ensure_shards
-from launch.train_job import run_training_job
+from launch.stages.shard import ensure_shards
+from launch.stages.training import run_training_job
 from pipelines.config import FinetuneSection, JobConfig
 from pipelines.config.paths import with_absolute_paths
 from pipelines.model_sources import source_kind

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch.eval_job import run_eval_job
-from launch.finetune_job import run_finetune_job
-from launch.shard_job import ensure_shards
-from launch.train_job import bound_tracking_retries, run_training_job
+from launch.stages.evaluate import run_eval_job
+from launch.stages.finetune import run_finetune_job
+from launch.stages.shard import ensure_shards
+from launch.stages.training import bound_tracking_retries, run_training_job
 from pipelines.config import FinetuneSection, JobConfig
 from pipelines.config.paths import with_absolute_paths
 from pipelines.config.pipeline import PipelineConfig

@@ -24,10 +24,10 @@ from pipelines.config.paths import with_absolute_paths
 from pipelines.data import shard_set
 from pipelines.data.manifest import MANIFEST_NAME
 from pipelines.data.rejects import count_reasons
-from pipelines.data.shard_plan import ShardTask
 from pipelines.data.shard_writer import ShardJob, ShardResult, write_shard
-from pipelines.data.storage import locate
+from pipelines.data.write_plan import ShardTask
 from pipelines.errors import ConfigError, DataError, VitpipeError
+from pipelines.storage import locate
 
 SUMMARY_NAME = "summary.json"
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
-from launch.shard_job import ensure_shards
-from launch.train_job import bound_tracking_retries
+from launch.stages.shard import ensure_shards
+from launch.stages.training import bound_tracking_retries
 from pipelines.config import JobConfig
 from pipelines.config.paths import with_absolute_paths
 from pipelines.data.manifest import read_manifest
+from pipelines.distributed import DistContext
 from pipelines.errors import DataError
 from pipelines.model_sources import load_source_model
 from pipelines.tracking import mlflow_run
-from pipelines.train.distributed import DistContext
 
 
 def run_eval_job(
@@ -123,7 +123,7 @@ def run_eval_job(
 
 def _classify(model, device: torch.device, config: JobConfig, root: str, progress: bool):
     from pipelines.data.loader import ShardLoader
-    from pipelines.train.evaluate import evaluate
+    from pipelines.evaluation.evaluate import evaluate
 
     loader = ShardLoader(
         root,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.data.loader.plan import (
+from pipelines.data.loader.read_plan import (
     Segment,
     Topology,
     plan_eval,

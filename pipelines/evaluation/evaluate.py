@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipelines.train.distributed import DistContext
+from pipelines.distributed import DistContext
 from pipelines.train.losses import topk_correct
 
 
