@@ -66,7 +66,7 @@ def job_config(args: argparse.Namespace, data: Path, output: Path, workers: int)
         samples_per_shard=args.samples_per_shard,
         num_workers=workers,
     )
-    return config_from_dict({"shard": shard})
+    return config_from_dict({"shard": shard, "tracking": {"enabled": False}})
 
 
 def in_process(config: JobConfig) -> float:

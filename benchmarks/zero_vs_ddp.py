@@ -247,7 +247,7 @@ def build_zero(name: str, config: JobConfig, ctx: DistContext) -> Variant:
     engine.train()
 
     def step(micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        for images, labels in micro_batches:  # as pipelines/train/loop.py does
+        for images, labels in micro_batches:  # as pipelines/train/trainer.py does
             logits = engine(images)
             loss = classification_loss(logits, labels, kind=config.train.loss)
             engine.backward(loss)

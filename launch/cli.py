@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from launch.logs import configure_logging
 from pipelines.errors import VitpipeError
 
 # Listed here only once they work: `vitpipe --help` shows exactly these.
@@ -25,6 +26,7 @@ COMMANDS = (
     "submit",
     "jobs",
 )
+COMMAND_NAMES = tuple(name.replace("_", "-") for name in COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)

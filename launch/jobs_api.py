@@ -30,7 +30,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipelines.config import JobConfig
-from pipelines.config.paths import with_absolute_paths
 from pipelines.errors import ConfigError, VitpipeError
 
 CONFIG_NAME = "config.resolved.yaml"
@@ -148,35 +147,6 @@ def _sdk_reason(err: BaseException) -> str:
         lines = [line.strip().rstrip(".") for line in body.splitlines() if line.strip(" .")]
         reason = lines[-1] if lines else type(err).__name__
     return f"{reason} (HTTP {status.group(1)})" if status else reason
-
-
-def for_cluster(config: JobConfig, run_dir: Path | str | None = None) -> JobConfig:
-    """The config with every local path absolute (relative to where the user runs `submit`):
-    the job runs from a temporary copy of this config on another machine."""
-    config = with_absolute_paths(config, run_dir)
-    update: dict[str, Any] = {}
-    if config.shard is not None and config.shard.source.path:
-        source = config.shard.source
-        update["shard"] = config.shard.model_copy(
-            update={"source": source.model_copy(update={"path": _absolute(source.path)})}
-        )
-    uri = config.tracking.uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = _absolute(uri.removeprefix("sqlite:///"))
-        update["tracking"] = config.tracking.model_copy(update={"uri": f"sqlite:///{path}"})
-    return config.model_copy(update=update) if update else config
-
-
-def _absolute(path: str) -> str:
-    if "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-def absolute_resume(resume: str | None) -> str | None:
-    if resume in (None, "auto", "never"):
-        return resume
-    return _absolute(resume)
 
 
 def entrypoint(

@@ -65,3 +65,13 @@ class MetricsProgress:
             if "train/loss" in record:
                 return record
         return None
+
+
+def progress_wrap(description: str):
+    """A (iterable, total) -> iterable wrapper that shows a rich progress bar while iterating."""
+    from rich.progress import track
+
+    def wrap(items, total: int):
+        return track(items, total=total, description=description)
+
+    return wrap

@@ -1,26 +1,47 @@
 """How training processes are started. This is the only place that knows: Ray Train's
-TorchTrainer (default), one local process, or a process under `torchrun`."""
+TorchTrainer (default), one local process, or one process per rank under `torchrun`.
+
+Under `torchrun` (`--launcher local` with RANK/WORLD_SIZE set) only rank 0 drives the stage
+(MLflow run, summary.json); the other ranks only train.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from launch.logs import configure_logging
+from launch.ports import free_loopback_port
+from pipelines.config import JobConfig
 from pipelines.distributed import DistContext
 from pipelines.errors import VitpipeError
+from pipelines.layout import WORKER_RESULT
 from pipelines.train.request import TrainRequest
+from pipelines.train.trainer import Trainer
 
-RESULT_FILE = "worker_result.json"
+LAUNCHERS = ("ray", "local")
 
 
-def run_local(request: TrainRequest) -> dict[str, Any]:
-    """This process trains: rank/world from torchrun's environment, else a 1-process group."""
-    import torch
-    import torch.distributed as dist
+def is_driver(launcher: str) -> bool:
+    """Whether this process drives the stage: always under Ray (its driver does not train);
+    under torchrun only rank 0."""
+    return launcher == "ray" or int(os.environ.get("RANK", "0")) == 0
 
+
+def world_size(launcher: str, config: JobConfig) -> int:
+    if launcher == "ray":
+        return config.cluster.num_workers
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_local(request: TrainRequest) -> dict[str, Any] | None:
+    """This process trains: rank/world from torchrun's environment, else a 1-process group.
+    Returns rank 0's result; None on the other ranks."""
     use_gpu = request.config.cluster.use_gpu
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -32,7 +53,7 @@ def run_local(request: TrainRequest) -> dict[str, Any]:
     else:
         rank, world, local_rank = 0, 1, 0
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_PORT", str(free_loopback_port()))
         # DeepSpeed reads these even for one process.
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     if use_gpu:
@@ -46,8 +67,7 @@ def run_local(request: TrainRequest) -> dict[str, Any]:
     ctx = DistContext(
         rank=rank, world_size=world, local_rank=local_rank, device="cuda" if use_gpu else "cpu"
     )
-    result = _train_and_record(request, ctx)
-    return result or read_result(request.run_dir)
+    return Trainer(request, ctx).fit()
 
 
 def run_ray(request: TrainRequest) -> dict[str, Any]:
@@ -78,12 +98,13 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
         trainer.fit()
     except Exception as err:
         raise _worker_error(err) from None
-    return read_result(request.run_dir)
+    return _read_result(request.run_dir)
 
 
 def _ray_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
+    configure_logging()
     request: TrainRequest = loop_config["request"]
     context = ray.train.get_context()
     ctx = DistContext(
@@ -92,26 +113,16 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
         local_rank=context.get_local_rank(),
         device="cuda" if request.config.cluster.use_gpu else "cpu",
     )
-    _train_and_record(request, ctx)
-
-
-def _train_and_record(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
-    import logging
-
-    from pipelines.train.loop import train
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    result = train(request, ctx)
+    result = Trainer(request, ctx).fit()
     if result is not None:
-        path = request.run_dir / RESULT_FILE
+        path = request.run_dir / WORKER_RESULT
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1, default=str))
         tmp.replace(path)
-    return result
 
 
-def read_result(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RESULT_FILE
+def _read_result(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / WORKER_RESULT
     if not path.is_file():
         raise VitpipeError(f"training finished without a result in {path}")
     return json.loads(path.read_text())
@@ -137,9 +148,3 @@ def _worker_error(err: BaseException) -> Exception:
                 stack.append(nested)
     message = str(err).strip().splitlines()
     return VitpipeError(f"training failed: {message[-1] if message else type(err).__name__}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from pipelines.errors import CheckpointError
-from pipelines.train.checkpoint import Checkpoint, open_checkpoint
+from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
+from pipelines.train.checkpoint_files import Checkpoint, open_checkpoint
 
 FORMATS = ("safetensors", "timm", "hf")
-EXPORT_FORMAT = "vitpipe-export"
 
 
 def consolidated_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
@@ -110,7 +110,7 @@ def save_model(model, out: Path, *, fmt: str = "safetensors", info: dict[str, An
         hf_config["id2label"] = {str(i): n for i, n in enumerate(info.get("classes") or [])} or None
         if hf_config["id2label"] is None:
             hf_config.pop("id2label")
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=1))
+        (tmp / EXPORT_CONFIG).write_text(json.dumps(hf_config, indent=1))
         (tmp / "vitpipe.json").write_text(json.dumps(info, indent=1))
     else:
         if fmt == "timm":
@@ -119,10 +119,10 @@ def save_model(model, out: Path, *, fmt: str = "safetensors", info: dict[str, An
             state = to_timm(model, head=model.config.head != "mlp")
         else:
             state = model.state_dict()
-        (tmp / "config.json").write_text(json.dumps(info, indent=1))
+        (tmp / EXPORT_CONFIG).write_text(json.dumps(info, indent=1))
     save_file(
         {k: v.detach().float().contiguous() for k, v in state.items()},
-        str(tmp / "model.safetensors"),
+        str(tmp / EXPORT_WEIGHTS),
     )
     if out.exists():
         out.rmdir()
@@ -137,8 +137,8 @@ def load_exported(path: Path):
     from vit_core import VisionTransformer, ViTConfig
 
     path = Path(path)
-    config_path = path / "config.json"
-    if not config_path.is_file() or not (path / "model.safetensors").is_file():
+    config_path = path / EXPORT_CONFIG
+    if not config_path.is_file() or not (path / EXPORT_WEIGHTS).is_file():
         raise CheckpointError(f"{path} is not an export dir (config.json + model.safetensors)")
     info = json.loads(config_path.read_text())
     if (
@@ -149,5 +149,21 @@ def load_exported(path: Path):
             f"{path} is not a vitpipe safetensors export; re-export with --format safetensors"
         )
     model = VisionTransformer(ViTConfig.from_dict(info["vit_config"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    model.load_state_dict(load_file(str(path / EXPORT_WEIGHTS)), strict=True)
     return model.eval(), info
+
+
+def export_random_init(checkpoint: Path, out: Path, *, seed: int) -> Path:
+    """An export of a freshly initialised model with the architecture and preprocessing of
+    `checkpoint`: the from-scratch baseline a fine-tune from `checkpoint` is compared with.
+    Reused when it is already there."""
+    from vit_core import VisionTransformer, ViTConfig
+
+    if (out / EXPORT_WEIGHTS).is_file():
+        return out
+    meta = open_checkpoint(checkpoint).meta
+    torch.manual_seed(seed)
+    model = VisionTransformer(ViTConfig.from_dict(meta["vit_config"]))
+    info = export_info(model, stage="random-init", preprocess=meta.get("preprocess"))
+    save_model(model, out, info=info)
+    return out

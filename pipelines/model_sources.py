@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import CheckpointError
+from pipelines.export import load_checkpoint_model, load_exported
+from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT
+from pipelines.train.checkpoint_files import is_checkpoint_dir, open_checkpoint
+from vit_core import load_hf_dir
 
 
 @dataclass(frozen=True)
@@ -25,21 +29,17 @@ def source_kind(path: Path) -> str:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"--from {str(path)!r} does not exist")
-    config_file = path / "config.json"
+    config_file = path / EXPORT_CONFIG
     if config_file.is_file():
         try:
             config = json.loads(config_file.read_text())
         except json.JSONDecodeError:
             config = {}
-        if config.get("format") == "vitpipe-export":
+        if config.get("format") == EXPORT_FORMAT:
             return "export"
         if config.get("model_type") == "vit" or "hidden_size" in config:
             return "hf"
-    if (
-        (path / "COMMITTED.json").is_file()
-        or (path / "checkpoints").is_dir()
-        or any(p.name.startswith("step_") for p in path.iterdir() if p.is_dir())
-    ):
+    if is_checkpoint_dir(path):
         return "checkpoint"
     raise CheckpointError(
         f"--from {str(path)!r} is not a model: expected a vitpipe export (config.json + "
@@ -52,13 +52,9 @@ def load_source_model(path: str | Path) -> SourceModel:
     path = Path(path)
     kind = source_kind(path)
     if kind == "export":
-        from pipelines.export import load_exported
-
         model, info = load_exported(path)
         return SourceModel(model, kind, str(path), info.get("classes"), info)
     if kind == "hf":
-        from vit_core import load_hf_dir
-
         try:
             model = load_hf_dir(path)
         except ValueError as err:
@@ -67,9 +63,6 @@ def load_source_model(path: str | Path) -> SourceModel:
         labels = config.get("id2label") or {}
         classes = [labels[k] for k in sorted(labels, key=int)] if labels else None
         return SourceModel(model.eval(), kind, str(path), classes, {"hf_config": config})
-    from pipelines.export import load_checkpoint_model
-    from pipelines.train.checkpoint import open_checkpoint
-
     checkpoint = open_checkpoint(path)
     model = load_checkpoint_model(checkpoint)
     return SourceModel(

@@ -27,6 +27,11 @@ class Location:
     path: str
     uri: str
 
+    @property
+    def is_local(self) -> bool:
+        """On this machine's filesystem: `path` is then an ordinary path."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def join(self, *parts: str) -> Location:
         path = "/".join([self.path.rstrip("/"), *parts])
         uri = "/".join([self.uri.rstrip("/"), *parts])

@@ -58,7 +58,8 @@ def fractal_shards(tmp_path_factory, ray_local):
                 "samples_per_shard": 60,
                 "image_format": "png",
                 "val_fraction": 0.1,
-            }
+            },
+            "tracking": {"enabled": False},
         }
     )
     run_shard(config, progress=False)
@@ -79,7 +80,8 @@ def digits_shards(tmp_path_factory, ray_local):
             "samples_per_shard": 500,
             "image_format": "png",
             "val_fraction": 0.2,
-        }
+        },
+        "tracking": {"enabled": False},
     }
     run_shard(config_from_dict(raw), progress=False)
     return out

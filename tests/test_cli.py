@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
-from launch.cli import COMMANDS, build_parser, main
+from launch.cli import COMMAND_NAMES, COMMANDS, build_parser, main
 
 
 def test_help_lists_exactly_the_registered_commands(capsys):
     parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert (
+        tuple(subparsers.choices) == COMMAND_NAMES == tuple(c.replace("_", "-") for c in COMMANDS)
+    )
+    listed = [action.dest for action in subparsers._choices_actions]
+    assert listed == list(COMMAND_NAMES)
     help_text = parser.format_help()
-    for name in COMMANDS:
-        assert name.replace("_", "-") in help_text
+    for name in COMMAND_NAMES:
+        assert name in help_text
 
 
 def test_check_config_ok_prints_resolved_yaml(tmp_path, capsys):

@@ -14,7 +14,7 @@ from launch.cli import main as cli_main
 from launch.stages.finetune import run_finetune_job
 from launch.stages.training import run_training_job
 from pipelines.export import export_checkpoint, load_checkpoint_model, load_exported
-from pipelines.train.checkpoint import latest_checkpoint
+from pipelines.train.checkpoint_files import latest_checkpoint
 from pipelines.train.model_init import build_model
 from pipelines.train.request import TrainRequest
 

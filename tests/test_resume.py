@@ -20,7 +20,7 @@ import torch
 from launch.stages.training import run_training_job
 from pipelines.errors import CheckpointError
 from pipelines.export import consolidated_state_dict, export_checkpoint, load_exported
-from pipelines.train.checkpoint import latest_checkpoint, open_checkpoint
+from pipelines.train.checkpoint_files import latest_checkpoint, open_checkpoint
 
 from train_fixtures import as_config, summary, tiny_job, train_losses, write_yaml
 

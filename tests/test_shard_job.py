@@ -39,7 +39,12 @@ def _warm_ray_workers(ray_local):
 
 
 def _config(output: Path, source: dict, **shard):
-    return config_from_dict({"shard": {"source": source, "output": str(output), **shard}})
+    return config_from_dict(
+        {
+            "shard": {"source": source, "output": str(output), **shard},
+            "tracking": {"enabled": False},
+        }
+    )
 
 
 def _read_samples(root: Path, split: str) -> list[dict]:
@@ -207,7 +212,12 @@ def test_csv_source(tmp_path):
     lines.append("pics/nope.jpg,bird")
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
     source = {"kind": "csv", "path": str(tmp_path / "list.csv")}
-    config = config_from_dict({"shard": {"source": source, "output": f"file://{tmp_path}/out"}})
+    config = config_from_dict(
+        {
+            "shard": {"source": source, "output": f"file://{tmp_path}/out"},
+            "tracking": {"enabled": False},
+        }
+    )
     summary = run_shard(config, progress=False)
     assert summary["output"] == f"file://{tmp_path}/out"
     assert summary["num_samples"] == 6 and summary["rejected_by_reason"] == {"file_missing": 1}

@@ -1,5 +1,5 @@
 """One module per CLI command: `NAME`, `HELP`, `add_arguments(parser)`, `run(args) -> int`.
 
-Modules import only argparse at the top; the work they do imports torch, Ray, DeepSpeed or
-MLflow inside `run`, so `vitpipe --help` stays instant.
+Commands import what they use at the top; Ray, DeepSpeed and MLflow are imported only where they
+are used, so `vitpipe --help` never starts them.
 """

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from launch.commands.common import add_config_args
+from pipelines.config import dump_config, load_config
+from pipelines.config.loader import read_yaml
+from pipelines.config.pipeline import is_pipeline, load_pipeline
 
 NAME = "check-config"
 HELP = "validate a config and print it resolved"
@@ -16,12 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pipelines.config import dump_config, load_config
-    from pipelines.config.loader import read_yaml
-    from pipelines.config.pipeline import is_pipeline, load_pipeline
-
     if is_pipeline(read_yaml(Path(args.config))):
         _, stages = load_pipeline(args.config, args.overrides)
         for stage, config in stages.items():

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from launch.commands.common import add_config_args
+from launch.commands.common import (
+    absolute_source,
+    add_config_args,
+    add_from_arg,
+    add_run_dir_args,
+    load_job,
+    print_result,
+)
+from launch.stages.evaluate import run_eval_job
 
 NAME = "eval"
 HELP = "evaluate a model (top-1/top-5, per class, confusion matrix; --fewshot K,K)"
+RESULT_KEYS = ("status", "val_top1", "val_top5", "val_loss", "count")
 
 
 def _shots(text: str) -> tuple[int, ...]:
@@ -26,14 +33,7 @@ def _shots(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
-    parser.add_argument(
-        "--from",
-        dest="source",
-        type=Path,
-        required=True,
-        metavar="PATH",
-        help="an export dir, a checkpoint dir (or run dir), or a Hugging Face ViT dir",
-    )
+    add_from_arg(parser, "an export dir, a checkpoint dir (or run dir), or a Hugging Face ViT dir")
     parser.add_argument(
         "--fewshot",
         type=_shots,
@@ -41,27 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K[,K...]",
         help="also run k-shot linear evaluation on frozen features (e.g. 5,10)",
     )
-    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<config name>")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_dir_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.stages.evaluate import run_eval_job
-    from pipelines.config import load_config
-
-    config = load_config(args.config, args.overrides)
     summary = run_eval_job(
-        config,
-        source=args.source,
-        run_dir=args.run_dir,
+        load_job(args),
+        source=absolute_source(args.source),
         fewshot=args.fewshot,
         progress=not args.no_progress,
     )
-    shown = {
-        k: v
-        for k, v in summary.items()
-        if k in ("status", "val_top1", "val_top5", "val_loss", "count")
-    }
-    shown.update({k: v for k, v in summary.items() if k.startswith("fewshot/")})
-    print(json.dumps(shown))
-    return 0
+    return print_result(summary, RESULT_KEYS)

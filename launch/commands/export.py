@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.export import export_checkpoint
+
 NAME = "export"
 HELP = "write consolidated fp32 weights (safetensors + config.json) from a checkpoint"
 
@@ -17,8 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.export import export_checkpoint
-
     info = export_checkpoint(args.checkpoint, args.out, args.format)
     print(
         json.dumps(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch import jobs_api
+from pipelines.errors import ConfigError
+
 NAME = "jobs"
 HELP = "list a Ray cluster's jobs, or show the status or logs of one, or stop it"
 ACTIONS = ("list", "status", "logs", "stop")
@@ -26,9 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch import jobs_api
-    from pipelines.errors import ConfigError
-
     if args.action != "list" and not args.job_id:
         raise ConfigError(f"vitpipe jobs {args.action} needs a JOB_ID")
     if args.action == "list" and args.job_id:

@@ -14,7 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launch.commands.common import add_config_args
+from launch import jobs_api
+from launch.commands.common import absolute_resume, add_config_args
+from pipelines.config import dump_config, load_config
+from pipelines.config.paths import with_absolute_paths
+from pipelines.errors import ConfigError
 
 NAME = "submit"
 HELP = "submit a stage to a Ray cluster (Ray Jobs API) and follow its logs"
@@ -35,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=STAGES, default="pretrain", help="default: pretrain")
     parser.add_argument(
         "--run-dir",
-        type=Path,
         default=None,
         help="default: runs/<config name>; must be on storage every node sees",
     )
@@ -52,10 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch import jobs_api
-    from pipelines.config import dump_config, load_config
-    from pipelines.errors import ConfigError
-
     config = load_config(args.config, args.overrides)
     if args.stage == "shard" and config.shard is None:
         raise ConfigError(
@@ -65,11 +64,10 @@ def run(args: argparse.Namespace) -> int:
         for flag, value in (("--run-dir", args.run_dir), ("--resume", args.resume)):
             if value is not None:
                 raise ConfigError(f"{flag} applies to training stages, not --stage {args.stage}")
-    config = jobs_api.for_cluster(config, args.run_dir)
+    config = with_absolute_paths(config, args.run_dir)  # the job runs on another machine
     run_dir = config.run_dir if args.run_dir is not None else None
-    command = jobs_api.entrypoint(
-        args.stage, run_dir=run_dir, resume=jobs_api.absolute_resume(args.resume)
-    )
+    resume = absolute_resume(args.resume) if args.resume is not None else None
+    command = jobs_api.entrypoint(args.stage, run_dir=run_dir, resume=resume)
     client = jobs_api.connect(args.address, warn=_warn)
     address = client.get_address()
     with tempfile.TemporaryDirectory(prefix="vitpipe-submit-") as tmp:

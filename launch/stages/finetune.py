@@ -1,6 +1,6 @@
-"""Fine-tuning: the pretraining machinery (Ray, DeepSpeed, checkpoints, resume, MLflow) started
-from a pretrained model with its MLP head swapped for a zero-initialised linear head; on success
-the model is exported (safetensors + config.json + class names) and registered in MLflow."""
+"""The fine-tuning stage: the training stage started from a pretrained model (`--from`) whose MLP
+head is swapped for a zero-initialised linear head; on success the model is exported
+(safetensors + config.json + class names) and registered in the MLflow Model Registry."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from launch.stages.shard import ensure_shards
 from launch.stages.training import run_training_job
 from pipelines.config import FinetuneSection, JobConfig
-from pipelines.config.paths import with_absolute_paths
+from pipelines.export import export_checkpoint
+from pipelines.layout import EXPORT_DIR
 from pipelines.model_sources import source_kind
 from pipelines.tracking.mlflow_run import TrackingTarget
+from pipelines.tracking.registry import log_and_register
 
 
 def run_finetune_job(
@@ -30,28 +31,23 @@ def run_finetune_job(
     tags: dict[str, str] | None = None,
     progress: bool = True,
     stop_at_step: int | None = None,
-) -> dict[str, Any]:
-    config = with_absolute_paths(config, run_dir)
+) -> dict[str, Any] | None:
     if config.finetune is None:
         config = config.model_copy(update={"finetune": FinetuneSection()})
-    init_from = Path(init_from).resolve()
-    kind = source_kind(init_from)  # a wrong --from fails here, before anything starts
-    ensure_shards(config, progress=progress)
-    all_tags = {"vitpipe.init_kind": kind, **(tags or {})}
+    kind = source_kind(Path(init_from))  # a wrong --from fails here, before anything starts
 
-    def export_and_register(
-        summary: dict[str, Any], target: TrackingTarget | None
-    ) -> dict[str, Any]:
+    def export_and_register(summary: dict[str, Any], target: TrackingTarget | None):
         return _export_and_register(config, summary, target)
 
     return run_training_job(
         config,
         stage="finetune",
+        run_dir=run_dir,
         resume=resume,
         launcher=launcher,
         init_from=str(init_from),
         parent_run_id=parent_run_id,
-        tags=all_tags,
+        tags={"vitpipe.init_kind": kind, **(tags or {})},
         progress=progress,
         stop_at_step=stop_at_step,
         on_success=export_and_register,
@@ -66,16 +62,12 @@ def registered_name(config: JobConfig) -> str:
 def _export_and_register(
     config: JobConfig, summary: dict[str, Any], target: TrackingTarget | None
 ) -> dict[str, Any]:
-    from pipelines.export import export_checkpoint
-
-    export_dir = Path(config.run_dir) / "export"
+    export_dir = Path(summary["run_dir"]) / EXPORT_DIR
     shutil.rmtree(export_dir, ignore_errors=True)  # derived from the checkpoint: rebuilt each time
     info = export_checkpoint(Path(summary["checkpoint"]), export_dir)
     extra: dict[str, Any] = {"export_dir": str(export_dir), "registered_model_uri": None}
     if target is None or not config.finetune.register_model:
         return extra
-    from pipelines.tracking.registry import log_and_register
-
     size = info["vit_config"]["img_size"]
     example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     extra["registered_model_uri"] = log_and_register(

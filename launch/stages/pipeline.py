@@ -1,50 +1,43 @@
 """`vitpipe run`: shard -> pretrain -> fine-tune -> eval as one MLflow parent run with a nested
 run per stage and lineage tags, plus the same fine-tune from random initialisation so the
-final table shows what pretraining bought."""
+final table shows what pretraining bought. Every stage runs in one Ray session."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
+from launch.ray_cluster import ray_session
 from launch.stages.evaluate import run_eval_job
 from launch.stages.finetune import run_finetune_job
-from launch.stages.shard import ensure_shards
-from launch.stages.training import bound_tracking_retries, run_training_job
+from launch.stages.lifecycle import stage_run
+from launch.stages.training import run_training_job
 from pipelines.config import FinetuneSection, JobConfig
-from pipelines.config.paths import with_absolute_paths
 from pipelines.config.pipeline import PipelineConfig
-from pipelines.tracking import mlflow_run
+from pipelines.errors import VitpipeError
+from pipelines.export import export_random_init
+from pipelines.tracking.run_params import run_params
 
 
 def run_pipeline(
     pipeline: PipelineConfig,
     stages: dict[str, JobConfig],
     *,
-    run_dir: Path | None = None,
+    run_dir: Path,
     progress: bool = True,
 ) -> dict[str, Any]:
-    bound_tracking_retries()
-    started = time.time()
-    run_dir = Path(run_dir or pipeline.resolved_run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pretrain_cfg = with_absolute_paths(stages["pretrain"], run_dir / "pretrain")
-    finetune_cfg = with_absolute_paths(stages["finetune"], run_dir / "finetune")
-    # Nested runs only nest within one experiment: every stage logs to the pipeline's.
-    experiment = pretrain_cfg.tracking.experiment
-    finetune_cfg = _with_experiment(finetune_cfg, experiment)
-    parent = mlflow_run.open_run(
-        pretrain_cfg.tracking, run_name=pipeline.name, tags={"vitpipe.stage": "pipeline"}
-    )
-    parent_id = parent.run_id if parent else None
-    summary: dict[str, Any] = {"stage": "pipeline", "status": "failed", "run_dir": str(run_dir)}
-    try:
-        from launch.ray_cluster import ray_session
-
+    """`stages` are the pipeline's job configs with absolute paths, each with its own run dir
+    under `run_dir` (the CLI resolves them)."""
+    pretrain_cfg, finetune_cfg = stages["pretrain"], stages["finetune"]
+    with stage_run(
+        "pipeline",
+        run_dir=run_dir,
+        tracking=pretrain_cfg.tracking,
+        run_name=pipeline.name,
+        params=run_params(pipeline.model_dump(mode="json"), stage="pipeline"),
+    ) as run:
+        parent_id = run.tracking.run_id if run.tracking else None
         with ray_session(pretrain_cfg.cluster):  # one Ray for every stage
-            ensure_shards(pretrain_cfg, progress=progress)
             pre = run_training_job(
                 pretrain_cfg, stage="pretrain", parent_run_id=parent_id, progress=progress
             )
@@ -82,9 +75,8 @@ def run_pipeline(
             tags=lineage,
             progress=progress,
         )
-        summary.update(
+        run.summary.update(
             {
-                "status": "finished",
                 "pretrain_final_loss": pre.get("final_train_loss"),
                 "pretrain_val_top1": pre.get("val_top1"),
                 "pretrained_val_top1": evaluated.get("val_top1"),
@@ -102,25 +94,7 @@ def run_pipeline(
                 "export_dir": fine.get("export_dir"),
             }
         )
-    finally:
-        summary["elapsed_s"] = round(time.time() - started, 1)
-        summary["mlflow_run_id"] = parent_id
-        summary["mlflow_tracking_uri"] = parent.uri if parent else None
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        if parent is not None:
-            numbers = {
-                k: float(v)
-                for k, v in summary.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-            try:
-                mlflow_run.log_metrics(parent, numbers, 0)
-                mlflow_run.log_artifacts(parent, [run_dir / "summary.json"])
-            finally:
-                mlflow_run.finish_run(
-                    parent, "FINISHED" if summary["status"] == "finished" else "FAILED"
-                )
-    return summary
+    return run.summary
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -152,19 +126,9 @@ def _finetune_from_scratch(
     config: JobConfig, pre: dict, run_dir: Path, parent_id, progress: bool
 ) -> dict:
     """The same fine-tune, from a random initialisation of the same architecture."""
-    import torch
-
-    from pipelines.export import export_info, save_model
-    from pipelines.train.checkpoint import open_checkpoint
-    from vit_core import VisionTransformer, ViTConfig
-
-    meta = open_checkpoint(Path(pre["checkpoint"])).meta
-    init_dir = run_dir / "scratch_init"
-    if not (init_dir / "model.safetensors").is_file():
-        torch.manual_seed(config.train.seed)
-        model = VisionTransformer(ViTConfig.from_dict(meta["vit_config"]))
-        info = export_info(model, stage="random-init", preprocess=meta.get("preprocess"))
-        save_model(model, init_dir, info=info)
+    init_dir = export_random_init(
+        Path(pre["checkpoint"]), run_dir / "scratch_init", seed=config.train.seed
+    )
     finetune = config.finetune or FinetuneSection()
     scratch_cfg = config.model_copy(
         update={
@@ -184,16 +148,8 @@ def _finetune_from_scratch(
     return result
 
 
-def _with_experiment(config: JobConfig, experiment: str) -> JobConfig:
-    return config.model_copy(
-        update={"tracking": config.tracking.model_copy(update={"experiment": experiment})}
-    )
-
-
 def _require_finished(stage: str, result: dict) -> None:
     if result.get("status") != "finished":
-        from pipelines.errors import VitpipeError
-
         raise VitpipeError(
             f"{stage} ended with status {result.get('status')!r}; see {result.get('run_dir')}"
         )

@@ -1,6 +1,6 @@
 """`vitpipe shard` on Ray: index the source and plan on the driver, write shards in Ray tasks
-(at most `shard.num_workers` in flight), then write `rejected.parquet`, `manifest.json` and
-`summary.json` into the output directory.
+(at most `shard.num_workers` in flight), then write `rejected.parquet` and `manifest.json`
+into the output directory; the stage lifecycle writes `summary.json` there too.
 
 The work itself lives in `pipelines.data.shard_set` and `pipelines.data.shard_writer` (no
 Ray); this module only schedules it. Output bytes do not depend on the number of workers; a re-run skips every shard whose file
@@ -11,16 +11,16 @@ that are not what it says.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from launch.ray_cluster import ray_session
-from pipelines.config import JobConfig
-from pipelines.config.paths import with_absolute_paths
+from launch.stages.lifecycle import stage_run
+from pipelines.config import JobConfig, ShardSection
 from pipelines.data import shard_set
 from pipelines.data.manifest import MANIFEST_NAME
 from pipelines.data.rejects import count_reasons
@@ -28,17 +28,35 @@ from pipelines.data.shard_writer import ShardJob, ShardResult, write_shard
 from pipelines.data.write_plan import ShardTask
 from pipelines.errors import ConfigError, DataError, VitpipeError
 from pipelines.storage import locate
+from pipelines.tracking.run_params import run_params
 
-SUMMARY_NAME = "summary.json"
 
-
-def run_shard(config: JobConfig, progress: bool = True) -> dict[str, Any]:
+def run_shard(
+    config: JobConfig, progress: bool = True, *, parent_run_id: str | None = None
+) -> dict[str, Any]:
     """Turn `config.shard.source` into WebDataset shards; returns the summary (also written to
-    `<output>/summary.json`). Uses the Ray that is already initialised, else `config.cluster`."""
+    `<output>/summary.json` by the stage lifecycle). Paths in `config` are absolute (the CLI
+    resolves them). Uses the Ray that is already initialised, else `config.cluster`."""
     if config.shard is None:
         raise ConfigError("shard: the config has no `shard:` section; `vitpipe shard` needs one")
-    section = with_absolute_paths(config).shard
-    started = time.perf_counter()
+    section = config.shard
+    if not section.output:
+        raise ConfigError("shard.output is not set; give it a directory or URI for the shards")
+    with stage_run(
+        "shard",
+        run_dir=section.output,
+        tracking=config.tracking,
+        run_name=config.tracking.run_name or f"{config.name}-shard",
+        parent_run_id=parent_run_id,
+        params=run_params({"shard": section.model_dump(mode="json")}, stage="shard"),
+    ) as run:
+        run.summary.update(_write_shards(config, section, progress))
+        if run.run_dir.is_local:
+            run.artifacts.append(Path(run.run_dir.join(MANIFEST_NAME).path))
+    return run.summary
+
+
+def _write_shards(config: JobConfig, section: ShardSection, progress: bool) -> dict[str, Any]:
     job, plan = shard_set.prepare(section)
     shard_set.begin(job.output, plan)
     with ray_session(config.cluster):
@@ -50,9 +68,7 @@ def run_shard(config: JobConfig, progress: bool = True) -> dict[str, Any]:
     written = [r for r in results if not r.skipped]
     inputs_done = sum(r.samples + len(r.rejected) for r in written)  # rejects cost time too
     splits = manifest.splits
-    summary = {
-        "stage": "shard",
-        "status": "ok",
+    return {
         "output": job.output.uri,
         "manifest": job.output.join(MANIFEST_NAME).uri,
         "num_samples": sum(s.num_samples for s in splits.values()),
@@ -67,14 +83,10 @@ def run_shard(config: JobConfig, progress: bool = True) -> dict[str, Any]:
             for name, info in splits.items()
         },
         "images_per_sec": round(inputs_done / write_elapsed, 2) if written else 0.0,
-        "elapsed_s": round(time.perf_counter() - started, 3),
         "write_elapsed_s": round(write_elapsed, 3),
         "task_cpu_s": round(sum(r.cpu_s for r in written), 3),
         "num_workers": section.num_workers,
     }
-    data = (json.dumps(summary, indent=2) + "\n").encode()
-    job.output.join(SUMMARY_NAME).write_bytes_atomic(data)
-    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -166,16 +178,17 @@ def _progress(enabled: bool, num_shards: int, num_samples: int) -> Iterator[Any]
         yield advance
 
 
-def ensure_shards(config: JobConfig, progress: bool = True) -> dict[str, Any] | None:
+def ensure_shards(
+    config: JobConfig, *, parent_run_id: str | None = None, progress: bool = True
+) -> dict[str, Any] | None:
     """Shard first when the config says how (`shard:`) and `data.train_shards` has no manifest
     yet, so `vitpipe pretrain -c CONFIG` works from a fresh checkout. Returns the shard summary."""
-    if config.shard is None:
+    if config.shard is None or not config.shard.output or not config.data.train_shards:
         return None
-    config = with_absolute_paths(config)
     if locate(config.data.train_shards).join(MANIFEST_NAME).is_file():
         return None
     if locate(config.shard.output).uri != locate(config.data.train_shards).uri:
         return None
-    summary = run_shard(config, progress=progress)
+    summary = run_shard(config, progress=progress, parent_run_id=parent_run_id)
     print(format_summary(summary))
     return summary

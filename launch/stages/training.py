@@ -1,38 +1,40 @@
-"""The driver of a training stage: run dir, MLflow run, launch, summary.json.
+"""The training stage (pretrain, finetune): run dir, launch, the driver's side of checkpoints.
 
-The driver owns the MLflow run (it creates it, passes its id to the workers, and marks it
-FINISHED/FAILED/KILLED); rank 0 logs metrics into it while training.
+The driver decides before any worker starts whether the run resumes and from which checkpoint
+(wrong model, missing checkpoint, a run dir in use: one line, nothing started), writes the
+resolved configs, and runs the workers inside the stage lifecycle, which owns the MLflow run
+(continued when resuming) and summary.json. Rank 0 logs metrics into that run while training.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import logging
-import os
 import signal
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from launch import workers
+from launch.progress import MetricsProgress
+from launch.ray_cluster import ray_session
+from launch.stages.lifecycle import StageRun, stage_run
+from launch.stages.shard import ensure_shards
 from pipelines.config import JobConfig, dump_config
-from pipelines.config.paths import with_absolute_paths
-from pipelines.errors import CheckpointError
-from pipelines.tracking import mlflow_run
-from pipelines.tracking.run_params import flatten, git_commit, versions
-from pipelines.train import checkpoint as ckpt
+from pipelines.data.manifest import MANIFEST_NAME, read_manifest
+from pipelines.layout import CONFIG_RESOLVED, DEEPSPEED_CONFIG, WORKER_RESULT
+from pipelines.tracking.mlflow_run import TrackingTarget
+from pipelines.tracking.run_params import run_params
+from pipelines.train.checkpoint import check_same_model, select_checkpoint
+from pipelines.train.checkpoint_files import Checkpoint
+from pipelines.train.ds_config import deepspeed_config
+from pipelines.train.model_init import architecture
 from pipelines.train.request import TrainRequest
+from pipelines.train.stop import StopRequest
 
-log = logging.getLogger(__name__)
-LAUNCHERS = ("ray", "local")
-SuccessHook = Callable[[dict[str, Any], "mlflow_run.TrackingTarget | None"], dict[str, Any]]
-TRACKING_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-}
+LAUNCHERS = workers.LAUNCHERS
+SuccessHook = Callable[[dict[str, Any], TrackingTarget | None], dict[str, Any]]
 
 
 def run_training_job(
@@ -48,209 +50,106 @@ def run_training_job(
     progress: bool = True,
     stop_at_step: int | None = None,
     on_success: SuccessHook | None = None,
-) -> dict[str, Any]:
-    """Train one stage to completion (or a clean stop); returns what summary.json holds.
+) -> dict[str, Any] | None:
+    """Train one stage to completion (or a clean stop); returns what summary.json holds, or
+    None on a torchrun rank other than 0 (it only trains).
 
-    `on_success(summary, target)` runs after a finished run, before summary.json and the MLflow
-    run are closed, and returns fields to add (fine-tuning exports and registers there)."""
-    bound_tracking_retries()
-    config = with_absolute_paths(config, run_dir)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    request_stop = run_dir / "STOP"
-    request_stop.unlink(missing_ok=True)
-    resume_from = _driver_resume_check(run_dir, resume, config)
-
-    (run_dir / "config.resolved.yaml").write_text(dump_config(config))
-    world = (
-        config.cluster.num_workers if launcher == "ray" else int(os.environ.get("WORLD_SIZE", 1))
-    )
-    _write_deepspeed_config(config, world, run_dir)
-
-    all_tags = {"vitpipe.stage": stage, **(tags or {})}
-    if init_from:
-        all_tags["vitpipe.init_from"] = str(init_from)
-    if resume_from is not None:
-        all_tags["vitpipe.resumed_from"] = str(resume_from.path)
-    target = mlflow_run.open_run(
-        config.tracking,
-        run_name=config.tracking.run_name or f"{config.name}-{stage}",
-        run_id=resume_from.meta.get("mlflow_run_id") if resume_from else None,
-        parent_run_id=parent_run_id,
-        tags=all_tags,
-    )
-    if target is not None:
-        _safely(lambda: _log_run_params(target, config, world, stage, all_tags))
-
+    `config` has absolute paths (the CLI resolves them); `run_dir` overrides `config.run_dir`.
+    `on_success(summary, tracking)` runs after a finished run, inside the lifecycle, and returns
+    fields to add (fine-tuning exports and registers there)."""
+    if run_dir is not None:
+        config = config.model_copy(update={"run_dir": str(run_dir)})
+    run_dir = config.resolved_run_dir
     request = TrainRequest(
         config=config,
         run_dir=run_dir,
         stage=stage,
         resume=resume,
-        tracking=target,
         init_from=init_from,
         stop_at_step=stop_at_step,
     )
-    started = time.time()
-    summary: dict[str, Any] = {"stage": stage, "status": "failed", "run_dir": str(run_dir)}
-    try:
-        with _progress_display(run_dir, config, enabled=progress):
-            result = _launch(request, launcher)
-        summary.update(result)
-        if on_success is not None and summary.get("status") == "finished":
-            summary.update(on_success(summary, target))
-    except BaseException as err:
-        summary["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
-        _finish(
-            summary,
-            started,
-            run_dir,
-            target,
-            config,
-            status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
-        )
-        raise
-    _finish(
-        summary,
-        started,
-        run_dir,
-        target,
-        config,
-        status="FINISHED" if summary["status"] == "finished" else "KILLED",
-    )
-    return summary
+    if not workers.is_driver(launcher):
+        return workers.run_local(request)
+    ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = StopRequest(request.stop_file)
+    stop.clear()
+    (run_dir / WORKER_RESULT).unlink(missing_ok=True)
+    resume_from = _resume_point(request)
+    world = workers.world_size(launcher, config)
+    (run_dir / CONFIG_RESOLVED).write_text(dump_config(config))
+    (run_dir / DEEPSPEED_CONFIG).write_text(json.dumps(deepspeed_config(config, world), indent=1))
+
+    all_tags = {**(tags or {})}
+    if init_from:
+        all_tags["vitpipe.init_from"] = str(init_from)
+    if resume_from is not None:
+        all_tags["vitpipe.resumed_from"] = str(resume_from.path)
+    with stage_run(
+        stage,
+        run_dir=run_dir,
+        tracking=config.tracking,
+        run_name=config.tracking.run_name or f"{config.name}-{stage}",
+        continue_run_id=resume_from.meta.get("mlflow_run_id") if resume_from else None,
+        parent_run_id=parent_run_id,
+        tags=all_tags,
+        params=run_params(config.to_dict(), stage=stage, world_size=world),
+    ) as run:
+        run.artifacts += _artifacts(config, run_dir)
+        request = _with_tracking(request, run)
+        with _progress_display(request, enabled=progress), _launched(request, launcher, stop):
+            result = workers.run_local(request) if launcher == "local" else workers.run_ray(request)
+        run.summary.update(result)
+        if on_success is not None and result.get("status") == "finished":
+            run.summary.update(on_success(run.summary, run.tracking))
+    return run.summary
 
 
-def bound_tracking_retries() -> None:
-    """MLflow retries an unreachable server for minutes by default; a dead server must cost a
-    job seconds, not minutes (metrics.jsonl keeps everything). User settings win."""
-    for name, value in TRACKING_RETRY_ENV.items():
-        os.environ.setdefault(name, value)
-
-
-def _launch(request: TrainRequest, launcher: str) -> dict[str, Any]:
-    from launch import workers
-
-    if launcher == "local":
-        with _stop_on_sigterm(request.stop_file):
-            return workers.run_local(request)
-    from launch.ray_cluster import ray_session
-
-    # After ray.init: it installs its own SIGTERM handler, which would exit without a checkpoint.
-    with ray_session(request.config.cluster), _stop_on_sigterm(request.stop_file):
-        return workers.run_ray(request)
-
-
-def _driver_resume_check(run_dir: Path, resume: str, config: JobConfig) -> ckpt.Checkpoint | None:
-    """Fail before starting workers: a wrong model, a missing checkpoint, a run dir in use."""
-    root = run_dir / "checkpoints"
-    if resume == "never":
-        if ckpt.list_checkpoints(root, warn=False):
-            raise CheckpointError(
-                f"{run_dir} already holds committed checkpoints; use --resume auto to continue it, "
-                "or a new --run-dir to start over (nothing was deleted)"
-            )
-        return None
-    found = ckpt.latest_checkpoint(root) if resume == "auto" else ckpt.open_checkpoint(Path(resume))
+def _resume_point(request: TrainRequest) -> Checkpoint | None:
+    """The checkpoint the workers will resume from, checked here so that a wrong model or a
+    missing checkpoint fails before anything starts."""
+    found = select_checkpoint(request.checkpoint_root, request.resume)
     if found is not None:
-        from pipelines.train.loop import _check_same_model
-
-        _check_same_model(found, config)
+        config = request.config
+        num_classes = config.model.num_classes or _manifest_classes(config)
+        check_same_model(found, architecture(request, num_classes))
     return found
 
 
-def _write_deepspeed_config(config: JobConfig, world: int, run_dir: Path) -> None:
-    from pipelines.train.ds_config import deepspeed_config
-
-    (run_dir / "deepspeed_config.json").write_text(
-        json.dumps(deepspeed_config(config, world), indent=1)
-    )
+def _manifest_classes(config: JobConfig) -> int:
+    return read_manifest(config.data.require_train_shards()).num_classes
 
 
-def _log_run_params(
-    target, config: JobConfig, world: int, stage: str, tags: dict[str, str]
-) -> None:
-    params = flatten(config.to_dict())
-    params["world_size"] = str(world)
-    params["stage"] = stage
-    params.update({f"version.{k}": v for k, v in versions().items()})
-    commit = git_commit()
-    if commit:
-        params["git_commit"] = commit
-    mlflow_run.log_params(target, params)
+def _with_tracking(request: TrainRequest, run: StageRun) -> TrainRequest:
+    return dataclasses.replace(request, tracking=run.tracking)
 
 
-def _finish(
-    summary: dict, started: float, run_dir: Path, target, config: JobConfig, *, status: str
-) -> None:
-    summary["elapsed_s"] = round(time.time() - started, 2)
-    summary["mlflow_run_id"] = target.run_id if target else None
-    summary["mlflow_tracking_uri"] = target.uri if target else None
-    path = run_dir / "summary.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    tmp.replace(path)
-    if target is None:
-        return
-    artifacts = [run_dir / "config.resolved.yaml", run_dir / "deepspeed_config.json", path]
-    manifest = _manifest_path(config)
-    if manifest is not None:
-        artifacts.append(manifest)
-    final = {
-        k: float(v)
-        for k, v in summary.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    _safely(
-        lambda: mlflow_run.log_metrics(
-            target, {f"final/{k}": v for k, v in final.items()}, summary.get("steps", 0)
-        )
-    )
-    _safely(lambda: mlflow_run.log_artifacts(target, artifacts))
-    mlflow_run.finish_run(target, status)
-
-
-def _manifest_path(config: JobConfig) -> Path | None:
+def _artifacts(config: JobConfig, run_dir: Path) -> list[Path]:
+    found = [run_dir / CONFIG_RESOLVED, run_dir / DEEPSPEED_CONFIG]
     root = config.data.train_shards
-    if root and "://" not in root:
-        path = Path(root) / "manifest.json"
-        return path if path.is_file() else None
-    return None
-
-
-def _safely(fn) -> None:
-    """Tracking is never worth failing a finished training run for."""
-    try:
-        fn()
-    except Exception as err:
-        log.warning("tracking: %s: %s", type(err).__name__, str(err)[:200])
+    if root and "://" not in root and (Path(root) / MANIFEST_NAME).is_file():
+        found.append(Path(root) / MANIFEST_NAME)
+    return found
 
 
 @contextlib.contextmanager
-def _stop_on_sigterm(stop_file: Path) -> Iterator[None]:
-    """SIGTERM to the driver asks the workers to checkpoint and exit cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only; the STOP file still works
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum, frame):
-        stop_file.touch()
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        stop_file.unlink(missing_ok=True)
+def _launched(request: TrainRequest, launcher: str, stop: StopRequest) -> Iterator[None]:
+    """Ray for the launch (its own SIGTERM handler would exit without a checkpoint, so ours is
+    installed after it); SIGTERM to the driver asks the workers to checkpoint and stop."""
+    with contextlib.ExitStack() as stack:
+        if launcher == "ray":
+            stack.enter_context(ray_session(request.config.cluster))
+        stack.enter_context(stop.on_signals(signal.SIGTERM, touch_file=True))
+        try:
+            yield
+        finally:
+            stop.clear()
 
 
 @contextlib.contextmanager
-def _progress_display(run_dir: Path, config: JobConfig, *, enabled: bool) -> Iterator[None]:
+def _progress_display(request: TrainRequest, *, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from launch.progress import MetricsProgress
-
-    with MetricsProgress(run_dir / "metrics.jsonl", total=config.train.total_steps):
+    with MetricsProgress(request.metrics_path, total=request.config.train.total_steps):
         yield

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipelines.config.base import Section
+from pipelines.errors import ConfigError
 
 SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits"]
 _KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")
@@ -68,6 +69,13 @@ class DataSection(Section):
     max_pixels: int = Field(
         89_478_485, ge=1, description="larger images are skipped before they are decoded"
     )
+
+    def require_train_shards(self) -> str:
+        if not self.train_shards:
+            raise ConfigError(
+                "data.train_shards is not set; point it at a shard directory with manifest.json"
+            )
+        return self.train_shards
 
 
 class AugmentSection(Section):

@@ -38,6 +38,9 @@ class JobConfig(Section):
     cluster: ClusterSection = ClusterSection()
     shard: ShardSection | None = None
     finetune: FinetuneSection | None = None
+    runlocal: bool = Field(
+        False, description="shrink the recipe to a tiny model on local shards (a quick check)"
+    )
 
     @model_validator(mode="after")
     def _check_across_sections(self) -> JobConfig:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipelines.config.job import JobConfig
+from pipelines.config.runlocal import shrink
 from pipelines.errors import ConfigError
 
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -83,6 +84,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 
 
 def config_from_dict(raw: dict[str, Any]) -> JobConfig:
+    if raw.get("runlocal") is True:
+        raw = shrink(raw)
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:

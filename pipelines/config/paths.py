@@ -1,8 +1,9 @@
-"""Where a job reads and writes, made explicit and absolute before anything starts.
+"""Where a job reads and writes, made explicit and absolute before anything starts: once, by
+the CLI, relative to where the user runs the command (workers run elsewhere: Ray moves them into
+its own directories; `vitpipe submit` runs them on another machine).
 
-Relative paths mean relative to where the user ran the command; workers run elsewhere (Ray
-moves them into its own directories), so the driver resolves them. Defaults that depend on the
-run dir are filled in here: shards go to `<run dir>/shards` and training reads what was sharded.
+Defaults that depend on the run dir are filled in here: shards go to `<run dir>/shards` and
+training reads what was sharded.
 """
 
 from __future__ import annotations
@@ -11,34 +12,49 @@ import os
 from pathlib import Path
 
 from pipelines.config.job import JobConfig
+from pipelines.layout import SHARDS_DIR
+
+_SQLITE = "sqlite:///"
 
 
-def _absolute(value: str | None, base: Path) -> str | None:
+def absolute(value: str | None, base: Path | None = None) -> str | None:
+    """A local path made absolute against `base` (default: the working directory); URIs and
+    None pass through."""
     if not value or "://" in value:
         return value
-    return str((base / os.path.expanduser(value)).resolve())
+    return str(((base or Path.cwd()) / os.path.expanduser(value)).resolve())
 
 
 def with_absolute_paths(
     config: JobConfig, run_dir: Path | str | None = None, base: Path | None = None
 ) -> JobConfig:
     base = base or Path.cwd()
-    resolved_run_dir = _absolute(str(run_dir or config.resolved_run_dir), base)
+    resolved_run_dir = absolute(str(run_dir or config.resolved_run_dir), base)
     update: dict = {"run_dir": resolved_run_dir}
     shard_output = None
     if config.shard is not None:
-        shard_output = _absolute(config.shard.output, base) or str(
-            Path(resolved_run_dir) / "shards"
+        shard_output = absolute(config.shard.output, base) or str(
+            Path(resolved_run_dir) / SHARDS_DIR
         )
-        update["shard"] = config.shard.model_copy(update={"output": shard_output})
+        source = config.shard.source
+        update["shard"] = config.shard.model_copy(
+            update={
+                "output": shard_output,
+                "source": source.model_copy(update={"path": absolute(source.path, base)}),
+            }
+        )
     update["data"] = config.data.model_copy(
         update={
-            "train_shards": _absolute(config.data.train_shards, base) or shard_output,
-            "val_shards": _absolute(config.data.val_shards, base),
-            "fewshot_shards": _absolute(config.data.fewshot_shards, base),
+            "train_shards": absolute(config.data.train_shards, base) or shard_output,
+            "val_shards": absolute(config.data.val_shards, base),
+            "fewshot_shards": absolute(config.data.fewshot_shards, base),
         }
     )
     update["cluster"] = config.cluster.model_copy(
-        update={"storage_path": _absolute(config.cluster.storage_path, base)}
+        update={"storage_path": absolute(config.cluster.storage_path, base)}
     )
+    uri = config.tracking.uri
+    if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
+        sqlite_file = absolute(uri.removeprefix(_SQLITE), base)
+        update["tracking"] = config.tracking.model_copy(update={"uri": _SQLITE + sqlite_file})
     return config.model_copy(update=update)

@@ -20,7 +20,8 @@ from pydantic import Field, ValidationError
 
 from pipelines.config.base import Section
 from pipelines.config.job import JobConfig
-from pipelines.config.loader import apply_overrides, config_from_dict, read_yaml
+from pipelines.config.loader import _describe, apply_overrides, config_from_dict, read_yaml
+from pipelines.config.paths import absolute, with_absolute_paths
 from pipelines.errors import ConfigError
 
 STAGES = ("pretrain", "finetune")
@@ -38,6 +39,9 @@ class PipelineConfig(Section):
     finetune: dict[str, Any]
     eval: EvalStageSection = EvalStageSection()
     compare_from_scratch: bool = True
+    runlocal: bool = Field(
+        False, description="shrink both stages (see pipelines/config/runlocal.py)"
+    )
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -73,13 +77,13 @@ def pipeline_from_dict(raw: dict[str, Any]) -> tuple[PipelineConfig, dict[str, J
     try:
         pipeline = PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        from pipelines.config.loader import _describe
-
         raise ConfigError([_describe(e, PipelineConfig) for e in err.errors()]) from None
     stages: dict[str, JobConfig] = {}
     for stage in STAGES:
         merged = _deep_merge(pipeline.shared, getattr(pipeline, stage))
         merged.setdefault("name", f"{pipeline.name}-{stage}")
+        if pipeline.runlocal:
+            merged["runlocal"] = True
         try:
             stages[stage] = config_from_dict(merged)
         except ConfigError as err:
@@ -97,3 +101,18 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def resolve_stages(
+    pipeline: PipelineConfig, stages: dict[str, JobConfig], run_dir: Path | str | None = None
+) -> tuple[Path, dict[str, JobConfig]]:
+    """The pipeline's run dir (absolute) and its stage configs with absolute paths, each stage
+    in `<run dir>/<stage>`, all logging to the pretraining stage's MLflow experiment (nested
+    runs only nest within one experiment)."""
+    root = Path(absolute(str(run_dir or pipeline.resolved_run_dir)))
+    resolved = {name: with_absolute_paths(cfg, root / name) for name, cfg in stages.items()}
+    experiment = resolved["pretrain"].tracking.experiment
+    for name, cfg in resolved.items():
+        tracking = cfg.tracking.model_copy(update={"experiment": experiment})
+        resolved[name] = cfg.model_copy(update={"tracking": tracking})
+    return root, resolved

@@ -31,7 +31,8 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-EXPORT_FORMAT = "vitpipe-export"
+from pipelines.layout import EXPORT_FORMAT
+
 DEFAULT_CROP_PCT = 0.875
 DEFAULT_MEAN_STD = 0.5
 PREDICT_BATCH = 64  # images per forward: bounds memory for large inputs

@@ -51,3 +51,19 @@ def git_commit(start: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def run_params(
+    config: dict[str, Any], *, stage: str, world_size: int | None = None
+) -> dict[str, str]:
+    """The MLflow params of a stage's run: its flattened resolved config, the stage, the world
+    size where it trains, package versions and the git commit."""
+    params = flatten(config)
+    params["stage"] = stage
+    if world_size is not None:
+        params["world_size"] = str(world_size)
+    params.update({f"version.{k}": v for k, v in versions().items()})
+    commit = git_commit()
+    if commit:
+        params["git_commit"] = commit
+    return params

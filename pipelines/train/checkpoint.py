@@ -1,244 +1,218 @@
-"""Sharded checkpoints with a commit protocol.
+"""The Checkpointer: the one owner of checkpoints. It decides when to save and where, which
+checkpoint a run resumes from, whether that needs DeepSpeed's universal conversion (another
+world size or ZeRO stage), whether the checkpoint's model is the one being trained, and it holds
+the single copy of the run's progress (saved in the commit marker).
 
-`checkpoints/step_NNNNNNN/` holds DeepSpeed's per-rank files plus one `vitpipe_rankNNNNN.pt` per
-rank (loader position, RNG states). It counts only once rank 0 has written `COMMITTED.json`
-(every file with its size, plus metadata), which happens after all ranks reported success.
-`checkpoints/latest` (a tag) is then replaced atomically and old committed ones are pruned.
-A folder whose marker is missing, or whose files no longer match it, is never loaded.
+The folder format and commit protocol are in `checkpoint_files`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from pipelines.config import JobConfig
 from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
+from pipelines.seeds import rank_seed, resharded_rank_seed
+from pipelines.train import checkpoint_files as files
+from pipelines.train.checkpoint_files import Checkpoint
+from pipelines.train.request import TrainRequest
+from pipelines.train.universal import convert_to_universal, universal_location
+from vit_core import ViTConfig
 
 log = logging.getLogger(__name__)
 
-MARKER = "COMMITTED.json"
-LATEST = "latest"
-UNIVERSAL_DIR = "universal"
-_TAG_PREFIX = "step_"
+
+@dataclass
+class Progress:
+    """How far training is. One live copy (the Trainer's), saved in the commit marker only."""
+
+    step: int = 0
+    epoch: int = 0
+    samples_seen: int = 0
 
 
-def tag_for(step: int) -> str:
-    return f"{_TAG_PREFIX}{step:07d}"
+def select_checkpoint(root: Path, resume: str) -> Checkpoint | None:
+    """The checkpoint `--resume` asks for: `auto` the newest committed one under `root` (None
+    when there is none), `never` none (an error when `root` already holds one, so nothing is
+    overwritten), else the given path."""
+    if resume == "never":
+        if files.list_checkpoints(root, warn=False):
+            raise CheckpointError(
+                f"{root.parent} already holds committed checkpoints; use --resume auto to "
+                "continue it, or a new --run-dir to start over (nothing was deleted)"
+            )
+        return None
+    if resume == "auto":
+        return files.latest_checkpoint(root)
+    return files.open_checkpoint(Path(resume))
 
 
-def rank_state_name(rank: int) -> str:
-    return f"vitpipe_rank{rank:05d}.pt"
+def check_same_model(found: Checkpoint, architecture: ViTConfig) -> None:
+    """Resuming is only for the same architecture (regularisation or grad checkpointing may
+    change; shapes and forward may not)."""
+    saved = found.meta.get("vit_config")
+    if saved is None:
+        return
+    before, after = ViTConfig.from_dict(saved).to_dict(), architecture.to_dict()
+    diff = [
+        f"model.{k}: {before.get(k)!r} -> {after.get(k)!r}"
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k) and k not in _NOT_ARCHITECTURE
+    ]
+    if diff:
+        raise CheckpointError(
+            f"checkpoint {found.path} was trained with a different model ({', '.join(diff)}); "
+            "restore the model section, or start a new run with --run-dir or --resume never"
+        )
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A committed checkpoint folder and what its marker says."""
+# ViTConfig fields that change training, not the model a checkpoint holds.
+_NOT_ARCHITECTURE = frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "head_bias_init"})
 
-    path: Path
-    marker: dict[str, Any]
+
+class Checkpointer:
+    """Built on every rank before the engine (which must know whether it loads a universal
+    checkpoint); `restore` then binds the engine and loader whose state `maybe_save` saves."""
+
+    def __init__(
+        self,
+        request: TrainRequest,
+        ctx: DistContext,
+        *,
+        architecture: ViTConfig,
+        classes: list[str] | None,
+    ):
+        self.request = request
+        self.ctx = ctx
+        self.root = request.checkpoint_root
+        self._config: JobConfig = request.config
+        self._meta = self._static_meta(architecture, classes)
+        self.resume_from = self._choose(architecture)
+        self.load_universal = self.resume_from is not None and self._needs_universal(
+            self.resume_from
+        )
+        if self.load_universal:
+            ctx.on_main(lambda: convert_to_universal(self.resume_from))
+            ctx.barrier()
+        self.last_saved: Path | None = self.resume_from.path if self.resume_from else None
+        self._engine: Any = None
+        self._loader: Any = None
+        self._progress: Progress | None = None
 
     @property
-    def tag(self) -> str:
-        return self.path.name
+    def resumed_step(self) -> int | None:
+        return self.resume_from.step if self.resume_from is not None else None
 
-    @property
-    def root(self) -> Path:
-        return self.path.parent
+    def restore(self, engine: Any, loader: Any) -> Progress:
+        """Load the chosen checkpoint into `engine` and `loader` and return the progress it
+        holds (the live copy from now on); a fresh start seeds this rank's RNG instead."""
+        self._engine, self._loader = engine, loader
+        found = self.resume_from
+        seed = self._config.train.seed
+        if found is None:
+            torch.manual_seed(rank_seed(seed, self.ctx.rank))
+            self._progress = Progress()
+            return self._progress
+        load_dir, tag = (
+            universal_location(found) if self.load_universal else (found.root, found.tag)
+        )
+        engine.load(load_dir, tag)
+        meta = found.meta
+        self._progress = Progress(
+            found.step, int(meta.get("epoch", 0)), int(meta.get("samples_seen", 0))
+        )
+        same_topology = found.world_size == self.ctx.world_size
+        loader_state, rng = files.read_rank_state(found, self.ctx.rank if same_topology else 0)
+        loader.load_state_dict(loader_state)
+        if same_topology:
+            files.set_rng_state(rng)
+        else:
+            torch.manual_seed(
+                resharded_rank_seed(int(meta.get("seed", 0)), self.ctx.rank, found.step)
+            )
+        return self._progress
 
-    @property
-    def step(self) -> int:
-        return int(self.marker["step"])
+    def maybe_save(self, step: int, *, force: bool = False) -> Path | None:
+        """Save at every `checkpoint.every_n_steps`, or now when `force`; all ranks call it."""
+        every = self._config.checkpoint.every_n_steps
+        if not force and not (every and step % every == 0):
+            return None
+        assert self._progress is not None and self._progress.step == step, "restore() first"
+        self.last_saved = self._save()
+        return self.last_saved
 
-    @property
-    def world_size(self) -> int:
-        return int(self.marker["world_size"])
+    def _save(self) -> Path:
+        """All ranks write their part; rank 0 commits only once every rank succeeded."""
+        ctx, progress = self.ctx, self._progress
+        path = self.root / files.checkpoint_tag(progress.step)
+        if ctx.is_main:
+            files.prepare_folder(self.root, progress.step)
+        ctx.barrier()
+        ok = True
+        try:
+            self._engine.save(self.root, path.name)
+            files.write_rank_state(path, ctx.rank, self._loader.state_dict())
+        except Exception as err:
+            ok = False
+            log.error("rank %d failed to write checkpoint %s: %s", ctx.rank, path, err)
+        if not ctx.all_true(ok):
+            raise CheckpointError(f"checkpoint {path} was not committed: a rank failed to write it")
+        if ctx.is_main:
+            meta = {**self._meta, **asdict(progress)}
+            files.commit(path, progress.step, ctx.world_size, meta)
+            files.prune(self.root, self._config.checkpoint.keep_last)
+        ctx.barrier()
+        return path
 
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.marker.get("meta", {})
+    def _choose(self, architecture: ViTConfig) -> Checkpoint | None:
+        """Rank 0 decides (it alone warns about torn folders); every rank gets its answer."""
 
+        def decide() -> str | None:
+            found = select_checkpoint(self.root, self.request.resume)
+            return str(found.path) if found else None
 
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        chosen = self.ctx.broadcast_object(self.ctx.on_main(decide) if self.ctx.is_main else None)
+        if chosen is None:
+            return None
+        found = files.open_checkpoint(Path(chosen))
+        check_same_model(found, architecture)
+        return found
 
+    def _needs_universal(self, found: Checkpoint) -> bool:
+        stage = self._config.deepspeed.zero_stage
+        saved_stage = int(found.meta.get("zero_stage", stage))
+        if saved_stage == 0 and stage == 0:
+            return False  # unpartitioned: loads on any number of workers as it is
+        return found.world_size != self.ctx.world_size or saved_stage != stage
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(
-    root: Path,
-    step: int,
-    ctx: DistContext,
-    *,
-    write_engine: Callable[[Path, str], None],
-    rank_state: dict[str, Any],
-    meta: dict[str, Any],
-    keep_last: int,
-) -> Path:
-    """All ranks call this together; returns the committed folder or raises CheckpointError."""
-    tag = tag_for(step)
-    path = root / tag
-    if ctx.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        if path.exists():  # a torn or superseded attempt at this step: never mix its files in
-            shutil.rmtree(path)
-    ctx.barrier()
-    ok = True
-    try:
-        write_engine(root, tag)
-        _torch_save_atomic(rank_state, path / rank_state_name(ctx.rank))
-    except Exception as err:
-        ok = False
-        log.error("rank %d failed to write checkpoint %s: %s", ctx.rank, path, err)
-    if not ctx.all_true(ok):
-        raise CheckpointError(f"checkpoint {path} was not committed: a rank failed to write it")
-    if ctx.is_main:
-        _commit(path, step, ctx.world_size, meta)
-        _prune(root, keep_last)
-    ctx.barrier()
-    return path
-
-
-def _commit(path: Path, step: int, world_size: int, meta: dict[str, Any]) -> None:
-    files = {
-        str(p.relative_to(path)): p.stat().st_size
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    }
-    missing = [rank_state_name(r) for r in range(world_size) if rank_state_name(r) not in files]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; not committed")
-    marker = {"step": step, "world_size": world_size, "files": files, "meta": meta}
-    _write_atomic(path / MARKER, json.dumps(marker, indent=1, sort_keys=True))
-    _write_atomic(path.parent / LATEST, path.name + "\n")
-
-
-def _prune(root: Path, keep_last: int) -> None:
-    committed = list_checkpoints(root, warn=False)
-    newest = committed[-1].step if committed else None
-    for old in committed[:-keep_last]:
-        shutil.rmtree(old.path, ignore_errors=True)
-    # Torn folders older than the newest committed one can never be used.
-    for folder in _step_folders(root):
-        step = _step_of(folder)
-        if newest is not None and step < newest and not (folder / MARKER).is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-    universal = root / UNIVERSAL_DIR
-    keep = {c.tag for c in list_checkpoints(root, warn=False)}
-    if universal.is_dir():
-        for folder in universal.iterdir():
-            if folder.name not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
-
-
-def list_checkpoints(root: Path, *, warn: bool = True) -> list[Checkpoint]:
-    """Committed, intact checkpoints under `root`, oldest first; torn ones warned about."""
-    found = []
-    for folder in _step_folders(root):
-        problem = verify(folder)
-        if problem is None:
-            found.append(Checkpoint(folder, json.loads((folder / MARKER).read_text())))
-        elif warn:
-            log.warning("skipping checkpoint %s: %s", folder, problem)
-    return sorted(found, key=lambda c: c.step)
-
-
-def verify(folder: Path) -> str | None:
-    """Why `folder` cannot be loaded, or None when its marker and files agree."""
-    marker_path = folder / MARKER
-    if not marker_path.is_file():
-        return "no completion marker (torn while saving)"
-    try:
-        marker = json.loads(marker_path.read_text())
-        files: dict[str, int] = marker["files"]
-        int(marker["step"])
-        int(marker["world_size"])
-    except (ValueError, KeyError, TypeError):
-        return "unreadable completion marker"
-    for name, size in files.items():
-        file = folder / name
-        if not file.is_file():
-            return f"file {name} is missing"
-        if file.stat().st_size != size:
-            return f"file {name} has {file.stat().st_size} bytes, the marker says {size}"
-    return None
-
-
-def latest_checkpoint(root: Path) -> Checkpoint | None:
-    committed = list_checkpoints(root)
-    return committed[-1] if committed else None
-
-
-def open_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint folder given by the user (or a run dir / checkpoints dir: its newest)."""
-    path = Path(path)
-    for candidate_root in (path / "checkpoints", path):
-        if candidate_root.is_dir() and not (candidate_root / MARKER).exists():
-            newest = latest_checkpoint(candidate_root)
-            if newest is not None:
-                return newest
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    problem = verify(path)
-    if problem:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {problem}")
-    return Checkpoint(path, json.loads((path / MARKER).read_text()))
-
-
-def load_rank_state(checkpoint: Checkpoint, rank: int) -> dict[str, Any]:
-    return torch.load(
-        checkpoint.path / rank_state_name(rank), map_location="cpu", weights_only=False
-    )
-
-
-def _step_folders(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(_TAG_PREFIX) and _step_of(p) >= 0
-    )
-
-
-def _step_of(folder: Path) -> int:
-    try:
-        return int(folder.name[len(_TAG_PREFIX) :])
-    except ValueError:
-        return -1
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _torch_save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    def _static_meta(self, architecture: ViTConfig, classes: list[str] | None) -> dict[str, Any]:
+        config, request = self._config, self.request
+        tracking = request.tracking
+        return {
+            "stage": request.stage,
+            "world_size": self.ctx.world_size,
+            "zero_stage": config.deepspeed.zero_stage,
+            "precision": config.deepspeed.precision,
+            "seed": config.train.seed,
+            "model_section": config.model.model_dump(mode="json"),
+            "vit_config": architecture.to_dict(),
+            "num_classes": architecture.num_classes,
+            "classes": classes,
+            "config_fingerprint": config.fingerprint(),
+            "model_fingerprint": config.fingerprint("model"),
+            "mlflow_run_id": tracking.run_id if tracking else None,
+            "mlflow_tracking_uri": tracking.uri if tracking else None,
+            "init_from": request.init_from,
+            "preprocess": {
+                "img_size": architecture.img_size,
+                "mean": list(config.augment.mean),
+                "std": list(config.augment.std),
+                "crop_pct": config.augment.eval_crop_pct,
+            },
+        }

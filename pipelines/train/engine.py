@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from pipelines.config import JobConfig
 from pipelines.distributed import DistContext
+from pipelines.layout import DEEPSPEED_CONFIG_IN_CHECKPOINT
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.fast_path import FastPath
 from pipelines.train.optim import build_optimizer
@@ -75,25 +75,29 @@ class DeepSpeedEngine:
             return None
         return float(norm.item() if isinstance(norm, torch.Tensor) else norm)
 
-    def save(self, root: Path, tag: str, client_state: dict[str, Any]) -> None:
+    def save(self, root: Path, tag: str) -> None:
         from deepspeed.checkpoint.constants import (
             UNIVERSAL_CHECKPOINT_INFO,
             UNIVERSAL_CHECKPOINT_VERSION_KEY,
             UNIVERSAL_CHECKPOINT_VERSION_VALUE,
         )
 
-        # Without this, ds_to_universal refuses the checkpoint (DeepSpeed issue #5822).
-        state = dict(client_state)
-        state[UNIVERSAL_CHECKPOINT_INFO] = {
-            UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE
+        # Without this, ds_to_universal refuses the checkpoint (DeepSpeed issue #5822). Our
+        # own state (progress, loader, RNG) is the Checkpointer's, not in DeepSpeed's files.
+        state = {
+            UNIVERSAL_CHECKPOINT_INFO: {
+                UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE
+            }
         }
         # DeepSpeed's own `latest` is written before its barrier: ours is the commit marker.
         self._engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
         if self._engine.global_rank == 0:
-            (root / tag / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
+            (root / tag / DEEPSPEED_CONFIG_IN_CHECKPOINT).write_text(
+                json.dumps(self.ds_config, indent=1)
+            )
 
-    def load(self, root: Path, tag: str, *, load_optimizer: bool = True) -> dict[str, Any]:
-        path, client_state = self._engine.load_checkpoint(
+    def load(self, root: Path, tag: str, *, load_optimizer: bool = True) -> None:
+        path, _ = self._engine.load_checkpoint(
             str(root),
             tag=tag,
             load_optimizer_states=load_optimizer,
@@ -102,4 +106,3 @@ class DeepSpeedEngine:
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load {root / tag}")
-        return client_state or {}

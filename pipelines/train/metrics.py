@@ -1,12 +1,22 @@
-"""metrics.jsonl (always, on rank 0) and the throughput numbers that go into it."""
+"""What a training run reports: throughput and data wait over a logging window, reduced over
+ranks, MFU, `metrics.jsonl` (rank 0, always) and the MLflow tracker (rank 0, when tracking)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from pipelines.distributed import DistContext
+from pipelines.tracking.async_logger import AsyncMetricLogger
+from pipelines.tracking.mlflow_run import TrackingTarget
+
+log = logging.getLogger(__name__)
 
 
 class MetricsFile:
@@ -52,9 +62,6 @@ class Throughput:
     """Images/s and the fraction of wall time spent waiting for data, over a logging window."""
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
         self._start = time.perf_counter()
         self._images = 0
         self._wait = 0.0
@@ -66,9 +73,10 @@ class Throughput:
         self._images += images
         self._wait += wait_s
 
-    def window(self) -> dict[str, float]:
+    def window(self) -> tuple[float, float]:
+        """(images/s, data-wait fraction) since the last window; starts the next one."""
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        out = {"images_per_sec": self._images / elapsed, "data_wait_frac": self._wait / elapsed}
+        out = (self._images / elapsed, self._wait / elapsed)
         self.total_images += self._images
         self.total_wait += self._wait
         self.total_time += elapsed
@@ -77,10 +85,115 @@ class Throughput:
         self._wait = 0.0
         return out
 
-    def overall(self) -> dict[str, float]:
+    def overall(self) -> tuple[float, float]:
         if self.total_time <= 0:
-            return {"images_per_sec": 0.0, "data_wait_frac": 0.0}
-        return {
-            "images_per_sec": self.total_images / self.total_time,
-            "data_wait_frac": self.total_wait / self.total_time,
+            return 0.0, 0.0
+        return self.total_images / self.total_time, self.total_wait / self.total_time
+
+
+class MetricsLogger:
+    """Every rank feeds it micro-steps; `log_train`/`finish` are collectives (every rank calls
+    them at the same steps); only rank 0 writes metrics.jsonl and talks to MLflow."""
+
+    def __init__(
+        self,
+        *,
+        ctx: DistContext,
+        path: Path,
+        tracking: TrackingTarget | None,
+        resume_step: int | None,
+        total_steps: int,
+        flops_per_image: float,
+        peak_flops: float,
+        device: torch.device,
+    ):
+        self.ctx = ctx
+        self.total_steps = total_steps
+        self._flops_per_image = flops_per_image
+        self._peak_flops = peak_flops
+        self._file = MetricsFile(path, resume_step=resume_step) if ctx.is_main else None
+        self._tracker = (
+            AsyncMetricLogger(tracking.uri, tracking.run_id)
+            if ctx.is_main and tracking is not None
+            else None
+        )
+        self._throughput = Throughput()
+        # Summed on the device: reading a loss back every micro-step would sync the host each step.
+        self._loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        self._micro_steps = 0
+        self.last_loss = math.nan
+
+    def add(self, loss: torch.Tensor, images: int, wait_s: float) -> None:
+        """One micro-step: its loss (on the device), batch size and time spent waiting for it."""
+        self._loss_sum += loss.detach().float()
+        self._micro_steps += 1
+        self._throughput.add(images, wait_s)
+
+    def mfu(self, images_per_sec: float) -> float:
+        """Model FLOPs utilisation: 3 x forward FLOPs per image (fwd + bwd) over the peak."""
+        return 3 * self._flops_per_image * images_per_sec / (self._peak_flops * self.ctx.world_size)
+
+    def log_train(
+        self, *, step: int, epoch: int, samples_seen: int, lr: float, grad_norm, skipped: float
+    ) -> None:
+        """Close the window: reduce loss, throughput and skipped samples over ranks, write."""
+        images, wait = self._throughput.window()
+        loss_sum, images, wait, skipped = self.ctx.all_reduce_sum(
+            [float(self._loss_sum), images, wait, skipped]
+        )
+        self.last_loss = loss_sum / (max(self._micro_steps, 1) * self.ctx.world_size)
+        self._loss_sum.zero_()
+        self._micro_steps = 0
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "samples_seen": samples_seen,
+            "train/loss": self.last_loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "images_per_sec": images,
+            "data_wait_frac": wait / self.ctx.world_size,
+            "mfu": self.mfu(images),
+            "data/samples_skipped": skipped,
         }
+        self._emit(record)
+        if self.ctx.is_main:
+            log.info(
+                "step %d/%d  loss %.4f  lr %.2e  %.1f img/s  data-wait %.0f%%  mfu %.2f%%",
+                step,
+                self.total_steps,
+                record["train/loss"],
+                lr,
+                images,
+                100 * record["data_wait_frac"],
+                100 * record["mfu"],
+            )
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Evaluation results (already the same on every rank); rank 0 writes them."""
+        self._emit({"step": step, **metrics})
+        if self.ctx.is_main:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            log.info("step %d/%d  %s", step, self.total_steps, shown)
+
+    def finish(self) -> dict[str, Any]:
+        """Whole-run throughput over ranks, and whether every metric reached the tracker."""
+        tracking_ok = self._tracker.close() if self._tracker is not None else True
+        images, wait = self._throughput.overall()
+        images, wait = self.ctx.all_reduce_sum([images, wait])
+        return {
+            "images_per_sec": images,
+            "data_wait_frac": wait / self.ctx.world_size,
+            "mfu": self.mfu(images),
+            "tracking_complete": bool(tracking_ok),
+        }
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        self._file.write(record)
+        if self._tracker is not None:
+            numbers = {
+                k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)
+            }
+            self._tracker.log(numbers, record["step"])

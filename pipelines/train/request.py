@@ -1,4 +1,4 @@
-"""What a launcher hands to the training loop: everything a worker needs, picklable."""
+"""What a launcher hands to the Trainer: everything a worker needs, picklable."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import JobConfig
+from pipelines.layout import CHECKPOINTS_DIR, METRICS, STOP_REQUEST
 from pipelines.tracking.mlflow_run import TrackingTarget
 
 
@@ -22,9 +23,13 @@ class TrainRequest:
 
     @property
     def checkpoint_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.run_dir / CHECKPOINTS_DIR
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS
 
     @property
     def stop_file(self) -> Path:
         """Touching this file asks every rank to checkpoint and exit cleanly (SIGTERM does it)."""
-        return self.run_dir / "STOP"
+        return self.run_dir / STOP_REQUEST

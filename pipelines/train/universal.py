@@ -9,7 +9,8 @@ import io
 import shutil
 from pathlib import Path
 
-from pipelines.train.checkpoint import UNIVERSAL_DIR, Checkpoint
+from pipelines.layout import UNIVERSAL_DIR
+from pipelines.train.checkpoint_files import Checkpoint
 
 _DONE = "CONVERTED"
 

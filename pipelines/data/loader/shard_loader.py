@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from pipelines.config import JobConfig
 from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
 from pipelines.data.loader.device_decode import DeviceDecoder
@@ -66,6 +67,7 @@ from pipelines.data.loader.read_plan import (
     plan_train_epoch,
 )
 from pipelines.data.manifest import Manifest, SplitInfo, check_shard_name, read_manifest
+from pipelines.distributed import DistContext
 from pipelines.errors import DataError
 from pipelines.storage import Location, locate
 
@@ -144,6 +146,36 @@ class ShardLoader:
         self._resume_note = "fresh start (no loader state loaded)"
         self._decoder: DeviceDecoder | None = None
         self._plan()  # an impossible plan fails here, before any process starts
+
+    @classmethod
+    def from_config(
+        cls,
+        config: JobConfig,
+        ctx: DistContext,
+        split: str,
+        *,
+        train: bool,
+        img_size: int,
+        root: str | None = None,
+        device: torch.device | None = None,
+        decode_on: torch.device | None = None,
+    ) -> ShardLoader:
+        """The one way the pipeline builds a loader: this rank's share of `split` of `root`
+        (default: `data.train_shards`), batched and augmented as the job config says."""
+        return cls(
+            root or config.data.require_train_shards(),
+            split,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            micro_batch_size=config.train.micro_batch_size,
+            seed=config.train.seed,
+            data=config.data,
+            augment=config.augment,
+            img_size=img_size,
+            train=train,
+            device=device,
+            decode_on=decode_on,
+        )
 
     # -- epochs and sizes ------------------------------------------------------------------
 

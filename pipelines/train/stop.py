@@ -1,0 +1,53 @@
+"""Asking a training run to checkpoint and stop cleanly.
+
+Two ways in, one answer: a signal to this process (SIGTERM from a scheduler or `vitpipe jobs
+stop`; SIGINT from Ctrl-C), or the STOP file in the run dir, which any process on any node can
+create. The driver turns its signals into the file (its workers may run elsewhere); a training
+process also listens itself, where it owns the main thread. A second signal aborts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class StopRequest:
+    def __init__(self, path: Path):
+        self.path = path
+        self._signalled = 0
+
+    def requested(self) -> bool:
+        return self._signalled > 0 or self.path.exists()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def on_signals(self, *signums: int, touch_file: bool = False) -> Iterator[None]:
+        """Within the block, the first of `signums` requests a stop (and creates the file when
+        `touch_file`); a second one raises KeyboardInterrupt. Signals reach the main thread
+        only: elsewhere this does nothing and the file still works."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.getsignal(signum) for signum in signums}
+
+        def handler(signum, frame):
+            self._signalled += 1
+            if self._signalled > 1:
+                raise KeyboardInterrupt(f"{signal.Signals(signum).name} twice: aborting")
+            if touch_file:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.touch()
+
+        for signum in signums:
+            signal.signal(signum, handler)
+        try:
+            yield
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)

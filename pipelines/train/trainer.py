@@ -1,0 +1,305 @@
+"""The Trainer every training process runs, with or without Ray (one process, torchrun, or a
+Ray Train worker).
+
+`fit()` reads as the loop it is: step, maybe log, maybe evaluate, maybe checkpoint, maybe stop.
+Each concern lives in its own component: the DeepSpeed engine (model, optimizer, ZeRO), the
+loaders, the Checkpointer (what to resume, progress, when and where to save), the MetricsLogger
+(windows, MFU, metrics.jsonl, MLflow) and the StopRequest (signals, the STOP file).
+One optimizer step = `accum` micro-batches of `micro_batch_size` on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import torch
+
+from pipelines.data.loader import ShardLoader
+from pipelines.data.manifest import read_manifest
+from pipelines.data.mixing import mix_batch
+from pipelines.distributed import DistContext
+from pipelines.evaluation.evaluate import EvalResult, evaluate
+from pipelines.evaluation.probe import fewshot_on_shards
+from pipelines.layout import SAMPLE_KEYS_DIR, sample_keys_name
+from pipelines.seeds import mix_seed
+from pipelines.train.checkpoint import Checkpointer, Progress
+from pipelines.train.engine import DeepSpeedEngine
+from pipelines.train.fast_path import FastPath
+from pipelines.train.losses import classification_loss
+from pipelines.train.metrics import MetricsFile, MetricsLogger
+from pipelines.train.model_init import build_model
+from pipelines.train.optim import set_lr
+from pipelines.train.peak import measured_peak_flops
+from pipelines.train.request import TrainRequest
+from pipelines.train.schedule import lr_factor
+from pipelines.train.stop import StopRequest
+from vit_core import flops
+
+log = logging.getLogger(__name__)
+
+# Steps between the collective that asks every rank whether to stop (a host sync).
+STOP_CHECK_EVERY = 5
+
+
+class Trainer:
+    def __init__(self, request: TrainRequest, ctx: DistContext):
+        self.request, self.ctx = request, ctx
+        self.config = config = request.config
+        torch.manual_seed(config.train.seed)
+        manifest = read_manifest(config.data.require_train_shards())
+        self.num_classes = config.model.num_classes or manifest.num_classes
+        model = build_model(request, self.num_classes)
+        if config.model.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        self.architecture = model.config
+        classes = list(manifest.classes) if len(manifest.classes) == self.num_classes else None
+        self.checkpointer = Checkpointer(request, ctx, architecture=model.config, classes=classes)
+        self.fast = FastPath.resolve(config, on_gpu=ctx.device == "cuda")
+        self.engine = DeepSpeedEngine(
+            config, model, ctx, load_universal=self.checkpointer.load_universal, fast=self.fast
+        )
+        self.accum = config.grad_accum_steps(ctx.world_size)
+        self.mixing = config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
+        img_size = model.config.img_size
+        self.train_loader = ShardLoader.from_config(
+            config,
+            ctx,
+            config.data.train_split,
+            train=True,
+            img_size=img_size,
+            device=self.engine.device if self.fast.prefetch else None,
+            decode_on=self.engine.device if config.data.decode_device == "cuda" else None,
+        )
+        self.val_loader = self._val_loader(img_size, manifest)
+        self.stop = StopRequest(request.stop_file)
+        self.progress = Progress()
+        self.lr = config.optim.lr
+        self.last_eval: EvalResult | None = None
+        self.last_fewshot: dict[str, float] = {}
+
+    def fit(self) -> dict[str, Any] | None:
+        """Train to `train.total_steps`, or to a stop request; rank 0 returns the result."""
+        self.progress = self.checkpointer.restore(self.engine, self.train_loader)
+        self.metrics = self._metrics_logger()
+        self.sample_keys = self._sample_key_log()
+        total = self.config.train.total_steps
+        log_every = self.config.train.log_every_n_steps
+        status = "finished"
+        self._batches = iter(self.train_loader)
+        self.engine.train()
+        self._log_start()
+        with self.stop.on_signals(signal.SIGTERM):
+            while self.progress.step < total:
+                self.train_step()
+                step = self.progress.step
+                done = step >= total
+                stopping = self._stop_requested(done)
+                if done or stopping or step % log_every == 0:
+                    self._log_train()
+                self._maybe_evaluate(done)
+                self.checkpointer.maybe_save(step, force=done or stopping)
+                if stopping and not done:
+                    status = "stopped"
+                    break
+        return self._result(status)
+
+    def train_step(self) -> None:
+        """One optimizer step: `accum` micro-batches forward and backward, then the update."""
+        config, step = self.config, self.progress.step
+        factor = lr_factor(step, config.train.total_steps, config.schedule)
+        self.lr = set_lr(self.engine.optimizer, config.optim.lr, factor)
+        for micro in range(self.accum):
+            batch, wait = self._next_batch()
+            if self.sample_keys is not None:
+                record = {"step": step + 1, "epoch": self.progress.epoch, "keys": batch["key"]}
+                self.sample_keys.write(record)
+            images, targets = batch["image"], batch["label"]
+            if self.mixing:
+                images, targets = self._mix(images, targets, step, micro)
+            logits = self.engine(images)
+            loss = classification_loss(
+                logits,
+                targets.to(logits.device),
+                kind=config.train.loss,
+                label_smoothing=0.0 if self.mixing else config.train.label_smoothing,
+            )
+            self.engine.backward(loss)
+            self.engine.step()
+            self.metrics.add(loss, images.shape[0], wait)
+        self.progress.step += 1
+        self.progress.samples_seen += config.train.global_batch_size
+
+    # -- the pieces of the loop -------------------------------------------------------------
+
+    def _next_batch(self) -> tuple[dict[str, Any], float]:
+        """The next micro-batch (rolling over to the next epoch) and the seconds waited for it."""
+        start = time.perf_counter()
+        batch = next(self._batches, None)
+        while batch is None:
+            self.progress.epoch += 1
+            self.train_loader.set_epoch(self.progress.epoch)
+            self._batches = iter(self.train_loader)
+            batch = next(self._batches, None)
+        return batch, time.perf_counter() - start
+
+    def _mix(self, images, labels, step: int, micro: int):
+        augment = self.config.augment
+        generator = torch.Generator().manual_seed(
+            mix_seed(self.config.train.seed, step, micro, self.ctx.rank)
+        )
+        return mix_batch(
+            images,
+            labels,
+            num_classes=self.num_classes,
+            mixup_alpha=augment.mixup_alpha,
+            cutmix_alpha=augment.cutmix_alpha,
+            label_smoothing=self.config.train.label_smoothing,
+            generator=generator,
+        )
+
+    def _stop_requested(self, done: bool) -> bool:
+        """`--stop-at-step`, or a stop request on any rank (a collective every few steps)."""
+        step = self.progress.step
+        stopping = step == self.request.stop_at_step
+        if done or step % STOP_CHECK_EVERY == 0:
+            stopping = self.ctx.any_true(self.stop.requested()) or stopping
+        return stopping
+
+    def _log_train(self) -> None:
+        skipped = self.train_loader.stats().get("samples_skipped", 0)
+        self.metrics.log_train(
+            step=self.progress.step,
+            epoch=self.progress.epoch,
+            samples_seen=self.progress.samples_seen,
+            lr=self.lr,
+            grad_norm=self.engine.grad_norm(),
+            skipped=float(skipped),
+        )
+
+    def _maybe_evaluate(self, done: bool) -> None:
+        """Validation every `train.eval_every_n_steps` and at the end; the few-shot probe every
+        `train.fewshot_every_n_steps` and at the end."""
+        step, train = self.progress.step, self.config.train
+        if self.val_loader is not None and (
+            done or (train.eval_every_n_steps and step % train.eval_every_n_steps == 0)
+        ):
+            self.engine.train(False)
+            self.last_eval = evaluate(
+                self.engine,
+                self.val_loader,
+                self.ctx,
+                num_classes=self.num_classes,
+                max_batches=train.eval_max_batches,
+            )
+            self.engine.train(True)
+            self.metrics.log_eval(step, self.last_eval.metrics())
+        every = train.fewshot_every_n_steps
+        if self.config.data.fewshot_shards and every and (done or step % every == 0):
+            self.engine.train(False)
+            try:
+                self.last_fewshot = fewshot_on_shards(
+                    self.engine.features,
+                    self.config.data.fewshot_shards,
+                    ctx=self.ctx,
+                    data=self.config.data,
+                    augment=self.config.augment,
+                    img_size=self.architecture.img_size,
+                    shots=train.fewshot_shots,
+                    seed=train.seed,
+                    micro_batch_size=train.micro_batch_size,
+                )
+            finally:
+                self.engine.train(True)
+            self.metrics.log_eval(step, self.last_fewshot)
+
+    # -- set-up and result ------------------------------------------------------------------
+
+    def _val_loader(self, img_size: int, train_manifest) -> ShardLoader | None:
+        data = self.config.data
+        root = data.val_shards or data.require_train_shards()
+        manifest = train_manifest if root == data.train_shards else read_manifest(root)
+        if data.val_split not in manifest.splits:
+            return None
+        return ShardLoader.from_config(
+            self.config, self.ctx, data.val_split, train=False, img_size=img_size, root=root
+        )
+
+    def _metrics_logger(self) -> MetricsLogger:
+        return MetricsLogger(
+            ctx=self.ctx,
+            path=self.request.metrics_path,
+            tracking=self.request.tracking,
+            resume_step=self.checkpointer.resumed_step,
+            total_steps=self.config.train.total_steps,
+            flops_per_image=float(flops(self.architecture)),
+            peak_flops=self._peak_flops(),
+            device=self.engine.device,
+        )
+
+    def _sample_key_log(self) -> MetricsFile | None:
+        if not self.config.train.record_sample_keys:
+            return None
+        path = self.request.run_dir / SAMPLE_KEYS_DIR / sample_keys_name(self.ctx.rank)
+        return MetricsFile(path, resume_step=self.checkpointer.resumed_step)
+
+    def _peak_flops(self) -> float:
+        """Against the dtype the matmuls actually run in: bf16 weights or bf16 autocast on a GPU."""
+        config = self.config
+        if config.train.peak_tflops:
+            return config.train.peak_tflops * 1e12
+        bf16_math = config.deepspeed.precision == "bf16" or self.fast.autocast
+        dtype = "bfloat16" if bf16_math and self.ctx.device == "cuda" else "float32"
+        measured = self.ctx.on_main(lambda: measured_peak_flops(self.ctx.device, dtype))
+        return float(self.ctx.broadcast_object(measured))
+
+    def _log_start(self) -> None:
+        if not self.ctx.is_main:
+            return
+        config = self.config
+        log.info(
+            "%s: %d worker(s), ZeRO-%d %s, micro-batch %d x accum %d x world %d = %d, "
+            "%d batches/epoch/rank, starting at step %d/%d; %s",
+            self.request.stage,
+            self.ctx.world_size,
+            config.deepspeed.zero_stage,
+            config.deepspeed.precision,
+            config.train.micro_batch_size,
+            self.accum,
+            self.ctx.world_size,
+            config.train.global_batch_size,
+            self.train_loader.batches_per_epoch,
+            self.progress.step,
+            config.train.total_steps,
+            self.fast.describe(),
+        )
+
+    def _result(self, status: str) -> dict[str, Any] | None:
+        overall = self.metrics.finish()  # a collective: every rank
+        if not self.ctx.is_main:
+            return None
+        evaluated = self.last_eval
+        resumed = self.checkpointer.resume_from
+        saved = self.checkpointer.last_saved
+        loader_stats = {f"loader_{k}": v for k, v in self.train_loader.stats().items()}
+        return {
+            "stage": self.request.stage,
+            "status": status,
+            "steps": self.progress.step,
+            "epoch": self.progress.epoch,
+            "samples_seen": self.progress.samples_seen,
+            "world_size": self.ctx.world_size,
+            "final_train_loss": self.metrics.last_loss,
+            "val_top1": evaluated.top1 if evaluated else None,
+            "val_top5": evaluated.top5 if evaluated else None,
+            "val_loss": evaluated.loss if evaluated else None,
+            **overall,
+            "fast_path": self.fast.describe(),
+            "checkpoint": str(saved) if saved else None,
+            "resumed_from": str(resumed.path) if resumed else None,
+            "num_classes": self.num_classes,
+            **self.last_fewshot,
+            **loader_stats,
+        }
