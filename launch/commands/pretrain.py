@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from launch.commands.common import add_config_args
 
@@ -18,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<config name>")
+    parser.add_argument(
+        "--run-dir", default=None, help="default: runs/<config name>; a path or a storage URI"
+    )
     parser.add_argument(
         "--resume",
         default="auto",
@@ -46,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from launch.stages.training import run_training_job
     from pipelines.config import load_config
     from pipelines.config.paths import with_absolute_paths
+    from pipelines.run_storage import check_tracking
 
     config = with_absolute_paths(load_config(args.config, args.overrides), args.run_dir)
+    check_tracking(config)
     ensure_shards(config, progress=not args.no_progress)
     summary = run_training_job(
         config,
