@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from launch.capacity import check_capacity
 from pipelines.distributed import DistContext
 from pipelines.errors import VitpipeError
 from pipelines.train.request import TrainRequest
@@ -55,6 +56,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    check_capacity(request.config)  # fail in seconds when the cluster can never fit it
     cluster = request.config.cluster
     resources = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
     if cluster.use_gpu:
