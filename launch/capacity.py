@@ -184,21 +184,28 @@ def describe_plan(config: JobConfig, placement: Placement) -> str:
 
 
 def _steps_per_epoch(config: JobConfig, world: int, accum: int) -> str:
-    from pipelines.data.loader.read_plan import Topology, plan_train_epoch
+    # The manifest only: the driver must not import the loader (torch, torchvision) for this.
     from pipelines.data.manifest import read_manifest
 
     shards = config.data.train_shards
     if not shards:
         return "steps per epoch: unknown (no data.train_shards yet)"
     try:
-        split = read_manifest(shards).split("train")
-        topology = Topology(world, config.data.num_workers, config.train.micro_batch_size, 0)
-        batches = plan_train_epoch(
-            split.shards, seed=0, epoch=0, topology=topology
-        ).batches_per_rank
+        samples = read_manifest(shards).split("train").num_samples
     except (DataError, OSError) as err:
         return f"steps per epoch: unknown ({str(err).splitlines()[0]})"
-    return f"{batches // accum} steps per epoch ({split.num_samples} train samples)"
+    batches = train_batches_per_rank(
+        samples, world, config.data.num_workers, config.train.micro_batch_size
+    )
+    return f"{batches // accum} steps per epoch ({samples} train samples)"
+
+
+def train_batches_per_rank(samples: int, world: int, loader_workers: int, micro: int) -> int:
+    """Micro-batches each rank reads in a whole epoch: the split rule of
+    `pipelines.data.loader.read_plan` (equal ranges per consumer, whole micro-batches)."""
+    consumers_per_rank = max(1, loader_workers)
+    per_consumer = samples // (world * consumers_per_rank)
+    return per_consumer // micro * consumers_per_rank
 
 
 def read_cluster() -> ClusterView:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from launch.commands.common import add_config_args
 
@@ -29,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from",
         dest="source",
-        type=Path,
         required=True,
         metavar="PATH",
         help="an export dir, a checkpoint dir (or run dir), or a Hugging Face ViT dir",
@@ -41,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K[,K...]",
         help="also run k-shot linear evaluation on frozen features (e.g. 5,10)",
     )
-    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<config name>")
+    parser.add_argument("--run-dir", default=None, help="default: runs/<config name>")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

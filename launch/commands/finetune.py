@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from launch.commands.common import add_config_args
 from launch.commands.pretrain import add_training_args
@@ -19,7 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from",
         dest="init_from",
-        type=Path,
         required=True,
         metavar="PATH",
         help="an export dir, a checkpoint dir (or run dir), or a Hugging Face ViT dir",
