@@ -47,10 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from launch.stages.training import run_training_job
     from pipelines.config import load_config
     from pipelines.config.paths import with_absolute_paths
-    from pipelines.run_storage import check_tracking
+    from pipelines.run_storage import check_run_dir_supported, check_tracking
 
     config = with_absolute_paths(load_config(args.config, args.overrides), args.run_dir)
     check_tracking(config)
+    check_run_dir_supported(config)
     ensure_shards(config, progress=not args.no_progress)
     summary = run_training_job(
         config,
