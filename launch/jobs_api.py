@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-import shlex
 import socket
 import sys
 import time
@@ -149,23 +148,13 @@ def _sdk_reason(err: BaseException) -> str:
     return f"{reason} (HTTP {status.group(1)})" if status else reason
 
 
-def entrypoint(
-    stage: str, *, run_dir: str | None = None, resume: str | None = None, progress: bool = False
-) -> str:
-    """The command the job runs on the head node, from its working_dir."""
-    argv = [CONSOLE_SCRIPT, stage, "-c", CONFIG_NAME, "--set", "cluster.address=auto"]
-    if run_dir is not None:
-        argv += ["--run-dir", run_dir]
-    if resume is not None:
-        argv += ["--resume", resume]
-    if not progress:
-        argv.append("--no-progress")
-    return shlex.join(argv)
-
-
 def default_job_id(config: JobConfig, stage: str) -> str:
+    return default_job_id_for(config.name, stage)
+
+
+def default_job_id_for(name: str, stage: str) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{config.name}-{stage}-{stamp}-{time.time_ns() % 0xFFFF:04x}"
+    return f"{name}-{stage}-{stamp}-{time.time_ns() % 0xFFFF:04x}"
 
 
 def submit(

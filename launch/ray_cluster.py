@@ -36,13 +36,20 @@ def ray_session(cluster: ClusterSection, num_cpus: int | None = None) -> Iterato
         ray.shutdown()
 
 
-def connect(cluster: ClusterSection, num_cpus: int | None = None) -> None:
-    import ray
-
+def worker_runtime_env() -> dict:
+    """The runtime_env every Ray worker of ours gets. Never credentials (AWS_*, tokens): anyone
+    who can list a cluster's jobs reads a runtime_env; each node uses its own environment or
+    instance role for storage."""
     # The workers we start must import this project exactly as the driver does.
     env_vars = {"PYTHONPATH": _project_pythonpath()}
     env_vars.update({k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ})
-    runtime_env = {"env_vars": env_vars}
+    return {"env_vars": env_vars}
+
+
+def connect(cluster: ClusterSection, num_cpus: int | None = None) -> None:
+    import ray
+
+    runtime_env = worker_runtime_env()
     if cluster.address:
         try:
             ray.init(address=cluster.address, runtime_env=runtime_env, log_to_driver=True)

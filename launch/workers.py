@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from launch.capacity import check_capacity
 from launch.logs import configure_logging
 from launch.ports import free_loopback_port
 from pipelines.config import JobConfig
@@ -75,6 +76,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    check_capacity(request.config)  # fail in seconds when the cluster can never fit it
     cluster = request.config.cluster
     resources = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
     if cluster.use_gpu:

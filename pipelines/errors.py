@@ -29,3 +29,7 @@ class CheckpointError(VitpipeError):
 
 class TrackingError(VitpipeError):
     """The tracking server cannot be reached or refused a request."""
+
+
+class StorageError(VitpipeError):
+    """Run storage (a local dir, a shared filesystem or an object store) failed a transfer."""

@@ -1,14 +1,25 @@
 """Local paths and remote URIs behind one small interface (pyarrow.fs, fsspec as fallback).
 
 Writes are atomic: bytes go to a temporary name in the same directory and are then moved into
-place, so a crash never leaves a file that looks complete.
+place (on an object store, a server-side copy), so a reader sees the old file or the whole new
+one, and a failed write keeps the old one. Large uploads to a fresh name (`open_upload`) skip the
+copy on an object store, where an object only appears once its upload completes; what a failed
+upload left is removed, and a commit marker, not the file's presence, says it is good.
+
+S3: the endpoint comes from `AWS_ENDPOINT_URL` (pyarrow reads it) or from the URI's query
+(`s3://bucket/prefix?endpoint_override=host:port`); credentials only from the process's own
+environment or instance role (pyarrow's default AWS credential chain).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -17,6 +28,23 @@ import pyarrow.fs as pafs
 from pipelines.errors import DataError
 
 ALLOWED_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az", "memory")
+# Filesystems whose uploads become visible only once complete.
+_OBJECT_STORES = ("s3", "gcs")
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for a remote URI (`s3://...`, `gs://...`); False for a local path or `file://`."""
+    scheme = urlparse(str(path)).scheme.lower()
+    return "://" in str(path) and scheme not in ("", "file")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One child of a directory: its name (no path), size in bytes (0 for a dir), kind."""
+
+    name: str
+    size: int
+    is_dir: bool
 
 
 @dataclass(frozen=True)
@@ -27,15 +55,26 @@ class Location:
     path: str
     uri: str
 
-    @property
-    def is_local(self) -> bool:
-        """On this machine's filesystem: `path` is then an ordinary path."""
-        return isinstance(self.fs, pafs.LocalFileSystem)
-
     def join(self, *parts: str) -> Location:
         path = "/".join([self.path.rstrip("/"), *parts])
-        uri = "/".join([self.uri.rstrip("/"), *parts])
+        base, sep, query = self.uri.partition("?")  # s3://b/p?endpoint_override=...
+        uri = "/".join([base.rstrip("/"), *parts]) + sep + query
         return Location(self.fs, path, uri)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rpartition("/")[2]
+
+    @property
+    def is_local(self) -> bool:
+        """A path on this machine's filesystem (local disk or a mounted shared filesystem)."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def local_path(self) -> Path:
+        """The `Path` of a local location (the fast path: plain file I/O)."""
+        if not self.is_local:
+            raise ValueError(f"{self.uri} is not on a local filesystem")
+        return Path(self.path)
 
     def exists(self) -> bool:
         return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
@@ -57,17 +96,93 @@ class Location:
         self.fs.create_dir(self.path, recursive=True)
 
     def write_bytes_atomic(self, data: bytes) -> None:
-        parent, _, name = self.path.rpartition("/")
-        if parent:
-            self.fs.create_dir(parent, recursive=True)
-        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp"
-        with self.fs.open_output_stream(tmp) as out:
+        with self.open_write_atomic() as out:
             out.write(data)
-        self.fs.move(tmp, self.path)
+
+    def open_write_atomic(self) -> _AtomicWriter:
+        """A stream whose bytes replace this file only once it closes without error."""
+        return _AtomicWriter(self, in_place=False)
+
+    def open_upload(self) -> _AtomicWriter:
+        """A stream for a large file under a fresh name: like `open_write_atomic`, but written
+        in place on an object store (no copy: S3 copies one object of at most 5 GB)."""
+        return _AtomicWriter(self, in_place=self.fs.type_name in _OBJECT_STORES)
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_text_atomic(self, text: str) -> None:
+        self.write_bytes_atomic(text.encode())
+
+    def read_json(self) -> Any:
+        return json.loads(self.read_bytes())
+
+    def write_json_atomic(self, value: Any) -> None:
+        self.write_bytes_atomic(json.dumps(value, indent=1, sort_keys=True).encode())
+
+    def list_dir(self) -> list[Entry]:
+        """The direct children of this directory, sorted by name; [] if it does not exist."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        entries = [
+            Entry(
+                info.base_name,
+                info.size or 0 if info.type == pafs.FileType.File else 0,
+                info.type == pafs.FileType.Directory,
+            )
+            for info in self.fs.get_file_info(selector)
+        ]
+        return sorted(entries, key=lambda e: e.name)
 
     def delete(self) -> None:
         if self.exists():
             self.fs.delete_file(self.path)
+
+    def delete_tree(self) -> None:
+        """This directory and everything under it; nothing happens if it does not exist."""
+        if self.fs.get_file_info(self.path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path)
+
+
+class _AtomicWriter:
+    """Context manager: an output stream to a temporary sibling, moved into place on success;
+    `in_place`: to the name itself, removed again on failure."""
+
+    def __init__(self, target: Location, in_place: bool):
+        self._target = target
+        parent, _, name = target.path.rpartition("/")
+        self._parent = parent
+        if in_place:
+            self._tmp = None
+        else:
+            suffix = uuid.uuid4().hex[:8]
+            self._tmp = f"{parent}/.{name}.tmp-{suffix}" if parent else f".{name}.tmp-{suffix}"
+        self._stream = None
+
+    def __enter__(self):
+        fs = self._target.fs
+        if self._parent:
+            fs.create_dir(self._parent, recursive=True)
+        self._stream = fs.open_output_stream(self._tmp or self._target.path)
+        return self._stream
+
+    def __exit__(self, kind, err, tb) -> None:
+        fs = self._target.fs
+        if self._tmp is None:
+            if err is None:
+                self._stream.close()
+                return
+            # pyarrow cannot abort an upload: closing completes it, so remove what it left.
+            # (A small write is one PUT at close and never gets here half done.)
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            with contextlib.suppress(OSError):
+                self._target.delete()
+            return
+        self._stream.close()
+        if err is None:
+            fs.move(self._tmp, self._target.path)
+        elif fs.get_file_info(self._tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(self._tmp)
 
 
 def locate(uri: str) -> Location:

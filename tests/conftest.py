@@ -1,8 +1,11 @@
-"""Shared fixtures: loopback-only Ray, skipping GPU tests where CUDA is absent."""
+"""Shared fixtures: loopback-only Ray, an S3-compatible server on 127.0.0.1, skipping GPU tests
+where CUDA is absent."""
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -10,6 +13,29 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The session's object store (`s3_store`), seen the way a cloud node sees its own: endpoint and
+# credentials in the process environment. Set here, before any Ray starts, so that every Ray node
+# and worker the tests start inherits them (nothing ships them in a runtime_env), and so that no
+# test can ever reach a real AWS account. The server itself starts on first use.
+S3_PORT = _free_port()
+os.environ.update(
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
+    AWS_ACCESS_KEY_ID="vitpipe-test",
+    AWS_SECRET_ACCESS_KEY="vitpipe-test-secret",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+)
+for _name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    os.environ.pop(_name, None)
+S3_BUCKET = "vitpipe-test"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -85,3 +111,22 @@ def digits_shards(tmp_path_factory, ray_local):
     }
     run_shard(config_from_dict(raw), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[str]:
+    """A real S3-compatible server (moto's, threaded, in this process) on 127.0.0.1 with one
+    bucket; returns `s3://<bucket>`. Tests write under their own prefix of it."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    try:
+        boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+        yield f"s3://{S3_BUCKET}"
+    finally:
+        server.stop()

@@ -22,7 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="the Ray dashboard / Jobs API, http://HEAD:8265 (keep it on a private network)",
     )
-    parser.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="logs: follow until the job ends; exit 0 only if it SUCCEEDED",
+    )
     parser.add_argument(
         "--no-wait", action="store_true", help="stop: return once the stop is requested"
     )
@@ -43,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "logs":
         jobs_api.job_info(client, args.job_id)
-        if args.follow:
-            jobs_api.follow_logs(client, args.job_id)
-        else:
+        if not args.follow:
             sys.stdout.write(jobs_api.job_logs(client, args.job_id))
-        return 0
+            return 0
+        jobs_api.follow_logs(client, args.job_id)
+        return exit_status(args.job_id, jobs_api.wait_until_done(client, args.job_id))
     if not jobs_api.stop_job(client, args.job_id):
         info = jobs_api.job_info(client, args.job_id)
         print(f"{args.job_id} {info.status}: not running, nothing to stop")
@@ -59,6 +63,18 @@ def run(args: argparse.Namespace) -> int:
     info = jobs_api.wait_until_done(client, args.job_id, timeout_s=jobs_api.STOP_GRACE_S + 30)
     print(f"{args.job_id} {info.status}")
     return 0
+
+
+def exit_status(job_id: str, info) -> int:
+    """A finished job as the exit status of the command that followed it: 0 only for
+    SUCCEEDED; otherwise one `error:` line with the job's status and message."""
+    status = str(info.status)
+    if status == "SUCCEEDED":
+        print(f"job {job_id} {status}", flush=True)
+        return 0
+    detail = (info.message or "").strip().splitlines()
+    print(f"error: job {job_id} {status}" + (f": {detail[0]}" if detail else ""), file=sys.stderr)
+    return 1
 
 
 def _list(client, jobs_api) -> int:

@@ -2,9 +2,10 @@
 
 The config is validated here first (a bad config never reaches the cluster), its relative
 paths are made absolute, and the resolved copy is shipped as the job's `working_dir`; the job
-runs `vitpipe <stage> -c config.resolved.yaml --set cluster.address=auto` on the head node.
-vitpipe must be installed on every node, and shards, run dirs and checkpoints must be on storage
-every node sees at the same path (a shared filesystem) or URIs. See `launch/jobs_api.py`.
+runs `vitpipe <stage> -c config.resolved.yaml` on the head node, joined to that cluster
+(`launch/job_spec.py`). vitpipe must be installed on every node, and shards, run dirs and
+checkpoints must be on storage every node sees at the same path (a shared filesystem) or URIs.
+See `launch/jobs_api.py`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,12 @@ import tempfile
 from pathlib import Path
 
 from launch import jobs_api
-from launch.commands.common import absolute_resume, add_config_args
-from pipelines.config import dump_config, load_config
-from pipelines.config.paths import with_absolute_paths
-from pipelines.errors import ConfigError
+from launch.commands.common import add_config_args
+from launch.commands.jobs import exit_status
+from launch.job_spec import STAGES, build_job
 
 NAME = "submit"
 HELP = "submit a stage to a Ray cluster (Ray Jobs API) and follow its logs"
-# Stages a job can run: `vitpipe <stage> -c CONFIG` commands that need nothing but a config.
-STAGES = ("pretrain", "shard")
-# Flags that only these stages take.
-_TRAINING_STAGES = ("pretrain",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,15 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--stage", choices=STAGES, default="pretrain", help="default: pretrain")
     parser.add_argument(
+        "--from",
+        dest="init_from",
+        default=None,
+        metavar="PATH_OR_URI",
+        help="finetune, eval: the model to start from (a storage URI, or a path the head sees)",
+    )
+    parser.add_argument(
         "--run-dir",
         default=None,
-        help="default: runs/<config name>; must be on storage every node sees",
+        help="default: runs/<config name>; a storage URI, or a path every node sees",
     )
     parser.add_argument(
         "--resume",
         default=None,
         metavar="auto|never|PATH",
-        help="as for `vitpipe pretrain` (default there: auto)",
+        help="pretrain, finetune: as for `vitpipe pretrain` (default there: auto)",
     )
     parser.add_argument("--job-id", default=None, help="default: <name>-<stage>-<time>-<hex>")
     parser.add_argument(
@@ -55,31 +58,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.stage == "shard" and config.shard is None:
-        raise ConfigError(
-            f"shard: {args.config} has no `shard:` section; `--stage shard` needs one"
-        )
-    if args.stage not in _TRAINING_STAGES:
-        for flag, value in (("--run-dir", args.run_dir), ("--resume", args.resume)):
-            if value is not None:
-                raise ConfigError(f"{flag} applies to training stages, not --stage {args.stage}")
-    config = with_absolute_paths(config, args.run_dir)  # the job runs on another machine
-    run_dir = config.run_dir if args.run_dir is not None else None
-    resume = absolute_resume(args.resume) if args.resume is not None else None
-    command = jobs_api.entrypoint(args.stage, run_dir=run_dir, resume=resume)
+    spec = build_job(
+        args.stage,
+        args.config,
+        args.overrides,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        init_from=args.init_from,
+    )
     client = jobs_api.connect(args.address, warn=_warn)
     address = client.get_address()
     with tempfile.TemporaryDirectory(prefix="vitpipe-submit-") as tmp:
-        (Path(tmp) / jobs_api.CONFIG_NAME).write_text(dump_config(config))
+        (Path(tmp) / jobs_api.CONFIG_NAME).write_text(spec.config_text)
         job_id = jobs_api.submit(
             client,
-            entrypoint=command,
+            entrypoint=spec.entrypoint,
             working_dir=Path(tmp),
-            job_id=args.job_id or jobs_api.default_job_id(config, args.stage),
-            metadata={"vitpipe.stage": args.stage, "vitpipe.config": config.name},
+            job_id=args.job_id or jobs_api.default_job_id_for(spec.name, args.stage),
+            metadata={"vitpipe.stage": args.stage, "vitpipe.config": spec.name},
         )
-    print(f"submitted job {job_id} to {address}: {command}", flush=True)
+    print(f"submitted job {job_id} to {address}: {spec.entrypoint}", flush=True)
     if args.no_wait:
         print(
             f"follow it: vitpipe jobs logs {job_id} --follow --address {address}", file=sys.stderr
@@ -95,13 +93,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         raise
-    status = str(info.status)
-    if status == "SUCCEEDED":
-        print(f"job {job_id} {status}", flush=True)
-        return 0
-    detail = (info.message or "").strip().splitlines()
-    print(f"error: job {job_id} {status}" + (f": {detail[0]}" if detail else ""), file=sys.stderr)
-    return 1
+    return exit_status(job_id, info)
 
 
 def _warn(message: str) -> None:

@@ -24,6 +24,7 @@ from launch.stages.shard import ensure_shards
 from pipelines.config import JobConfig, dump_config
 from pipelines.data.manifest import MANIFEST_NAME, read_manifest
 from pipelines.layout import CONFIG_RESOLVED, DEEPSPEED_CONFIG, WORKER_RESULT
+from pipelines.run_storage import check_run_dir_supported, check_tracking
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.run_params import run_params
 from pipelines.train.checkpoint import check_same_model, select_checkpoint
@@ -70,6 +71,8 @@ def run_training_job(
     )
     if not workers.is_driver(launcher):
         return workers.run_local(request)
+    check_tracking(config)
+    check_run_dir_supported(config)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = StopRequest(request.stop_file)

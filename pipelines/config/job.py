@@ -44,11 +44,7 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def _check_across_sections(self) -> JobConfig:
-        problems = []
-        try:
-            self.grad_accum_steps(self.cluster.num_workers)
-        except ConfigError as err:
-            problems.extend(err.problems)
+        problems = self._world_size_problems()
         if self.schedule.warmup_steps >= self.train.total_steps:
             problems.append(
                 f"schedule.warmup_steps={self.schedule.warmup_steps} must be less than "
@@ -69,6 +65,33 @@ class JobConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _world_size_problems(self) -> list[str]:
+        """Every world size the cluster may run at must split the global batch."""
+        cluster, t = self.cluster, self.train
+        if not cluster.elastic:
+            try:
+                self.grad_accum_steps(cluster.num_workers)
+            except ConfigError as err:
+                return list(err.problems)
+            return []
+        low, high = cluster.worker_range
+        if t.grad_accum_steps is not None:
+            return [
+                f"train.grad_accum_steps={t.grad_accum_steps} is fixed, but cluster.num_workers="
+                f"[{low}, {high}] changes the world size; leave it null so that it follows"
+            ]
+        bad = [w for w in range(low, high + 1) if t.global_batch_size % (t.micro_batch_size * w)]
+        if not bad:
+            return []
+        sizes = (
+            f"world size {bad[0]}" if len(bad) == 1 else "world sizes " + ", ".join(map(str, bad))
+        )
+        return [
+            f"cluster.num_workers=[{low}, {high}]: {sizes} cannot split "
+            f"train.global_batch_size={t.global_batch_size} (train.micro_batch_size="
+            f"{t.micro_batch_size} x w must divide it for every w in the range)"
+        ]
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Accumulation steps that make micro x accum x world equal the global batch."""

@@ -1,0 +1,58 @@
+"""Where a run keeps what: run storage (the run dir: a local path, a shared filesystem path or
+a URI such as `s3://bucket/prefix`) holds everything another node or the driver reads; node-local
+scratch (`cluster.local_scratch`) is only a staging area that may vanish between a stop and a
+resume.
+
+The checks here run before launch, on the driver, so that a cluster job that cannot work fails
+in one line instead of on a worker later.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pipelines.config import ClusterSection, JobConfig
+from pipelines.errors import ConfigError
+from pipelines.storage import is_uri
+
+# Tracking URIs that are a file on the machine that opens them.
+_LOCAL_TRACKING = ("sqlite:", "file:")
+
+
+def node_scratch(cluster: ClusterSection, node_id: str) -> Path:
+    """This node's staging dir (created): `cluster.local_scratch` with `{node_id}` replaced, or
+    `<temp dir>/vitpipe-scratch/<node_id>` by default."""
+    template = cluster.local_scratch or str(
+        Path(tempfile.gettempdir()) / "vitpipe-scratch" / "{node_id}"
+    )
+    path = Path(template.format(node_id=node_id)).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_tracking(config: JobConfig) -> None:
+    """With a remote run dir, MLflow must be a server every node reaches: a `sqlite:`/`file:`
+    tracking URI would land in a stray file on whichever node runs rank 0. Raises `ConfigError`
+    (one line) unless tracking is off."""
+    run_dir = config.run_dir or str(config.resolved_run_dir)
+    uri = config.tracking.uri
+    if not config.tracking.enabled or not is_uri(run_dir) or not uri.startswith(_LOCAL_TRACKING):
+        return
+    raise ConfigError(
+        f"tracking.uri={uri!r} is a file on whichever node runs rank 0, but the run dir "
+        f"{run_dir} is remote storage: use an MLflow server every node reaches "
+        "(tracking.uri=http(s)://HOST:PORT) or tracking.enabled=false"
+    )
+
+
+def check_run_dir_supported(config: JobConfig) -> None:
+    """Until the Checkpointer keeps checkpoints, metrics and summaries in run storage, a URI run
+    dir would silently become a local directory named like the URI: refuse it in one line.
+    (Remove this check when the stages write through `pipelines.transfer`.)"""
+    run_dir = config.run_dir or ""
+    if is_uri(run_dir):
+        raise ConfigError(
+            f"--run-dir {run_dir}: training into a storage URI is not wired up yet; use a "
+            "local or shared-filesystem path (shards may already be a URI)"
+        )
