@@ -58,7 +58,7 @@ class Placement:
 
 
 def worker_bundle(cluster: ClusterSection) -> dict[str, float]:
-    """The resources one training worker asks Ray for (as `launch.workers.run_ray` does)."""
+    """The resources one training worker asks Ray for (`launch.workers.run_ray` asks this)."""
     bundle = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
     if cluster.use_gpu:
         bundle.setdefault("GPU", 1)

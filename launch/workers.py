@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from launch.capacity import check_capacity
+from launch.capacity import check_capacity, worker_bundle
 from launch.logs import configure_logging
 from launch.ports import free_loopback_port
 from pipelines.config import JobConfig
@@ -78,9 +78,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
 
     check_capacity(request.config)  # fail in seconds when the cluster can never fit it
     cluster = request.config.cluster
-    resources = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
-    if cluster.use_gpu:
-        resources.setdefault("GPU", 1)
+    resources = worker_bundle(cluster)
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"request": request},
