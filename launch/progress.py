@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
+
+from pipelines.storage import Location
 
 
 class MetricsProgress:
-    def __init__(self, metrics_path: Path, *, total: int, poll_s: float = 1.0):
-        self._path = metrics_path
+    def __init__(self, metrics: Location, *, total: int, poll_s: float | None = None):
+        self._metrics = metrics
+        # Reading a local file each second costs nothing; a remote one is a request each time.
+        poll_s = poll_s or (1.0 if metrics.is_local else 5.0)
         self._total = total
         self._poll_s = poll_s
         self._stop = threading.Event()
@@ -54,8 +57,8 @@ class MetricsProgress:
 
     def _latest(self) -> dict | None:
         try:
-            lines = self._path.read_text().splitlines()
-        except OSError:
+            lines = self._metrics.read_text().splitlines()
+        except (OSError, FileNotFoundError):
             return None
         for line in reversed(lines):
             try:

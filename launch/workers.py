@@ -7,9 +7,7 @@ Under `torchrun` (`--launcher local` with RANK/WORLD_SIZE set) only rank 0 drive
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,7 +86,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
         ),
         run_config=RunConfig(
             name=f"{request.config.name}-{request.stage}",
-            storage_path=cluster.storage_path or str(request.run_dir / "ray"),
+            storage_path=cluster.storage_path or request.files().at("ray").uri,
             failure_config=FailureConfig(max_failures=cluster.max_failures),
             # Our sharded checkpoints live in the run dir; Ray keeps none of its own.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
@@ -98,10 +96,11 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
         trainer.fit()
     except Exception as err:
         raise _worker_error(err) from None
-    return _read_result(request.run_dir)
+    return _read_result(request)
 
 
 def _ray_worker(loop_config: dict[str, Any]) -> None:
+    import ray
     import ray.train
 
     configure_logging()
@@ -112,20 +111,19 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
         world_size=context.get_world_size(),
         local_rank=context.get_local_rank(),
         device="cuda" if request.config.cluster.use_gpu else "cpu",
+        node_id=ray.get_runtime_context().get_node_id(),
     )
     result = Trainer(request, ctx).fit()
     if result is not None:
-        path = request.run_dir / WORKER_RESULT
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=str))
-        tmp.replace(path)
+        request.files(ctx.node_id).at(WORKER_RESULT).write_json_atomic(result)
 
 
-def _read_result(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / WORKER_RESULT
-    if not path.is_file():
-        raise VitpipeError(f"training finished without a result in {path}")
-    return json.loads(path.read_text())
+def _read_result(request: TrainRequest) -> dict[str, Any]:
+    """What rank 0 left in run storage (it may have run on another node)."""
+    stored = request.files().at(WORKER_RESULT)
+    if not stored.is_file():
+        raise VitpipeError(f"training finished without a result in {stored.uri}")
+    return stored.read_json()
 
 
 def _worker_error(err: BaseException) -> Exception:

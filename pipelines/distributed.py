@@ -22,6 +22,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: str = "cpu"
+    node_id: str = "local"  # which machine: names this node's scratch dir and its metrics
 
     @property
     def is_main(self) -> bool:

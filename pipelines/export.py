@@ -153,15 +153,16 @@ def load_exported(path: Path):
     return model.eval(), info
 
 
-def export_random_init(checkpoint: Path, out: Path, *, seed: int) -> Path:
+def export_random_init(checkpoint: str | Path, out: str | Path, *, seed: int) -> Path:
     """An export of a freshly initialised model with the architecture and preprocessing of
     `checkpoint`: the from-scratch baseline a fine-tune from `checkpoint` is compared with.
     Reused when it is already there."""
     from vit_core import VisionTransformer, ViTConfig
 
+    out = Path(out)
     if (out / EXPORT_WEIGHTS).is_file():
         return out
-    meta = open_checkpoint(checkpoint).meta
+    meta = open_checkpoint(Path(checkpoint)).meta
     torch.manual_seed(seed)
     model = VisionTransformer(ViTConfig.from_dict(meta["vit_config"]))
     info = export_info(model, stage="random-init", preprocess=meta.get("preprocess"))

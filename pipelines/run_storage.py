@@ -9,12 +9,15 @@ in one line instead of on a worker later.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import ClusterSection, JobConfig
 from pipelines.errors import ConfigError
-from pipelines.storage import is_uri
+from pipelines.storage import Location, is_uri, locate
+from pipelines.transfer import download_file, upload_file
 
 # Tracking URIs that are a file on the machine that opens them.
 _LOCAL_TRACKING = ("sqlite:", "file:")
@@ -29,6 +32,50 @@ def node_scratch(cluster: ClusterSection, node_id: str) -> Path:
     path = Path(template.format(node_id=node_id)).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run dir as one process sees it: `storage` (what every node and the driver read) and
+    `local`, where this process reads and writes the run's files: the run dir itself when the
+    storage is a local or shared path, else this node's scratch copy, published to storage by
+    `publish` and brought back by `fetch`."""
+
+    storage: Location
+    local: Path
+
+    @classmethod
+    def open(cls, run_dir: str, cluster: ClusterSection, node_id: str = "driver") -> RunDir:
+        storage = locate(run_dir)
+        if storage.is_local:
+            return cls(storage, storage.local_path())
+        tag = hashlib.sha256(storage.uri.encode()).hexdigest()[:12]
+        return cls(storage, node_scratch(cluster, node_id) / f"run-{storage.name}-{tag}")
+
+    @property
+    def remote(self) -> bool:
+        return not self.storage.is_local
+
+    def path(self, *parts: str) -> Path:
+        return self.local.joinpath(*parts)
+
+    def at(self, *parts: str) -> Location:
+        return self.storage.join(*parts)
+
+    def publish(self, *parts: str) -> None:
+        """Copy this process's file to run storage (nothing to do when they are one place)."""
+        if self.remote:
+            upload_file(self.path(*parts), self.at(*parts), verify=False)
+
+    def fetch(self, *parts: str) -> bool:
+        """Bring the stored file into `local` (nothing to do when they are one place); whether
+        it exists."""
+        if not self.remote:
+            return self.path(*parts).is_file()
+        if not self.at(*parts).is_file():
+            return False
+        download_file(self.at(*parts), self.path(*parts))
+        return True
 
 
 def check_tracking(config: JobConfig) -> None:

@@ -23,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     run_dir, stages = resolve_stages(pipeline, stages, args.run_dir)
     summary = run_pipeline(pipeline, stages, run_dir=run_dir, progress=not args.no_progress)
     print(format_table(summary))
-    print(f"summary: {run_dir / SUMMARY}")
+    print(f"summary: {run_dir.join(SUMMARY).uri}")
     return 0

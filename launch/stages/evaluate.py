@@ -16,6 +16,7 @@ from pipelines.evaluation.classify import classify_on_shards, eval_device, eval_
 from pipelines.evaluation.probe import fewshot_on_shards
 from pipelines.evaluation.report import write_report
 from pipelines.model_sources import load_source_model
+from pipelines.run_storage import RunDir
 from pipelines.tracking.run_params import run_params
 
 
@@ -32,15 +33,15 @@ def run_eval_job(
 ) -> dict[str, Any]:
     if run_dir is not None:
         config = config.model_copy(update={"run_dir": str(run_dir)})
-    run_dir = config.resolved_run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    files = RunDir.open(config.resolved_run_dir, config.cluster)
+    files.local.mkdir(parents=True, exist_ok=True)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
     loaded = load_source_model(source)
     model = loaded.model.to(eval_device(config)).eval()
     target = eval_target(model, config, classify=classify, fewshot=bool(fewshot))
     with stage_run(
         "eval",
-        run_dir=run_dir,
+        run_dir=config.resolved_run_dir,
         tracking=config.tracking,
         run_name=config.tracking.run_name or f"{config.name}-eval",
         parent_run_id=parent_run_id,
@@ -52,7 +53,10 @@ def run_eval_job(
             wrap = progress_wrap("eval") if progress else None
             result = classify_on_shards(model, config, target.root, wrap=wrap)
             classes = loaded.classes or list(target.manifest.classes)
-            run.artifacts.extend(write_report(result, classes, run_dir).values())
+            written = write_report(result, classes, files.local)
+            for path in written.values():
+                files.publish(path.name)
+            run.artifacts.extend(written.values())
             run.summary.update(
                 val_top1=result.top1,
                 val_top5=result.top5,

@@ -4,7 +4,6 @@ final table shows what pretraining bought. Every stage runs in one Ray session."
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from launch.ray_cluster import ray_session
@@ -16,6 +15,7 @@ from pipelines.config import FinetuneSection, JobConfig
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.errors import VitpipeError
 from pipelines.export import export_random_init
+from pipelines.storage import Location
 from pipelines.tracking.run_params import run_params
 
 
@@ -23,7 +23,7 @@ def run_pipeline(
     pipeline: PipelineConfig,
     stages: dict[str, JobConfig],
     *,
-    run_dir: Path,
+    run_dir: Location,
     progress: bool = True,
 ) -> dict[str, Any]:
     """`stages` are the pipeline's job configs with absolute paths, each with its own run dir
@@ -31,7 +31,7 @@ def run_pipeline(
     pretrain_cfg, finetune_cfg = stages["pretrain"], stages["finetune"]
     with stage_run(
         "pipeline",
-        run_dir=run_dir,
+        run_dir=run_dir.uri,
         tracking=pretrain_cfg.tracking,
         run_name=pipeline.name,
         params=run_params(pipeline.model_dump(mode="json"), stage="pipeline"),
@@ -60,7 +60,7 @@ def run_pipeline(
         evaluated = run_eval_job(
             finetune_cfg,
             source=fine["export_dir"],
-            run_dir=run_dir / "eval",
+            run_dir=run_dir.join("eval").uri,
             parent_run_id=parent_id,
             tags={"vitpipe.lineage.finetune_run_id": str(fine.get("mlflow_run_id"))},
             progress=progress,
@@ -68,7 +68,7 @@ def run_pipeline(
         fewshot = run_eval_job(
             finetune_cfg,
             source=pre["checkpoint"],
-            run_dir=run_dir / "fewshot",
+            run_dir=run_dir.join("fewshot").uri,
             fewshot=tuple(pipeline.eval.fewshot_shots),
             classify=False,
             parent_run_id=parent_id,
@@ -123,17 +123,17 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def _finetune_from_scratch(
-    config: JobConfig, pre: dict, run_dir: Path, parent_id, progress: bool
+    config: JobConfig, pre: dict, run_dir: Location, parent_id, progress: bool
 ) -> dict:
     """The same fine-tune, from a random initialisation of the same architecture."""
     init_dir = export_random_init(
-        Path(pre["checkpoint"]), run_dir / "scratch_init", seed=config.train.seed
+        pre["checkpoint"], run_dir.join("scratch_init").uri, seed=config.train.seed
     )
     finetune = config.finetune or FinetuneSection()
     scratch_cfg = config.model_copy(
         update={
             "name": f"{config.name}-scratch",
-            "run_dir": str(run_dir / "finetune_scratch"),
+            "run_dir": run_dir.join("finetune_scratch").uri,
             "finetune": finetune.model_copy(update={"register_model": False}),
         }
     )

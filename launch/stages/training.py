@@ -23,8 +23,14 @@ from launch.stages.lifecycle import StageRun, stage_run
 from launch.stages.shard import ensure_shards
 from pipelines.config import JobConfig, dump_config
 from pipelines.data.manifest import MANIFEST_NAME, read_manifest
-from pipelines.layout import CONFIG_RESOLVED, DEEPSPEED_CONFIG, WORKER_RESULT
-from pipelines.run_storage import check_run_dir_supported, check_tracking
+from pipelines.layout import (
+    CONFIG_RESOLVED,
+    DEEPSPEED_CONFIG,
+    METRICS,
+    STOP_REQUEST,
+    WORKER_RESULT,
+)
+from pipelines.run_storage import RunDir, check_run_dir_supported, check_tracking
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.run_params import run_params
 from pipelines.train.checkpoint import check_same_model, select_checkpoint
@@ -60,10 +66,9 @@ def run_training_job(
     fields to add (fine-tuning exports and registers there)."""
     if run_dir is not None:
         config = config.model_copy(update={"run_dir": str(run_dir)})
-    run_dir = config.resolved_run_dir
     request = TrainRequest(
         config=config,
-        run_dir=run_dir,
+        run_dir=config.resolved_run_dir,
         stage=stage,
         resume=resume,
         init_from=init_from,
@@ -74,14 +79,18 @@ def run_training_job(
     check_tracking(config)
     check_run_dir_supported(config)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stop = StopRequest(request.stop_file)
+    files = request.files()
+    files.local.mkdir(parents=True, exist_ok=True)
+    stop = StopRequest(files.at(STOP_REQUEST))
     stop.clear()
-    (run_dir / WORKER_RESULT).unlink(missing_ok=True)
+    files.at(WORKER_RESULT).delete()
     resume_from = _resume_point(request)
     world = workers.world_size(launcher, config)
-    (run_dir / CONFIG_RESOLVED).write_text(dump_config(config))
-    (run_dir / DEEPSPEED_CONFIG).write_text(json.dumps(deepspeed_config(config, world), indent=1))
+    files.path(CONFIG_RESOLVED).write_text(dump_config(config))
+    ds_json = json.dumps(deepspeed_config(config, world), indent=1)
+    files.path(DEEPSPEED_CONFIG).write_text(ds_json)
+    for name in (CONFIG_RESOLVED, DEEPSPEED_CONFIG):
+        files.publish(name)
 
     all_tags = {**(tags or {})}
     if init_from:
@@ -90,7 +99,7 @@ def run_training_job(
         all_tags["vitpipe.resumed_from"] = str(resume_from.path)
     with stage_run(
         stage,
-        run_dir=run_dir,
+        run_dir=request.run_dir,
         tracking=config.tracking,
         run_name=config.tracking.run_name or f"{config.name}-{stage}",
         continue_run_id=resume_from.meta.get("mlflow_run_id") if resume_from else None,
@@ -98,7 +107,7 @@ def run_training_job(
         tags=all_tags,
         params=run_params(config.to_dict(), stage=stage, world_size=world),
     ) as run:
-        run.artifacts += _artifacts(config, run_dir)
+        run.artifacts += _artifacts(config, files)
         request = _with_tracking(request, run)
         with _progress_display(request, enabled=progress), _launched(request, launcher, stop):
             result = workers.run_local(request) if launcher == "local" else workers.run_ray(request)
@@ -127,8 +136,8 @@ def _with_tracking(request: TrainRequest, run: StageRun) -> TrainRequest:
     return dataclasses.replace(request, tracking=run.tracking)
 
 
-def _artifacts(config: JobConfig, run_dir: Path) -> list[Path]:
-    found = [run_dir / CONFIG_RESOLVED, run_dir / DEEPSPEED_CONFIG]
+def _artifacts(config: JobConfig, files: RunDir) -> list[Path]:
+    found = [files.path(CONFIG_RESOLVED), files.path(DEEPSPEED_CONFIG)]
     root = config.data.train_shards
     if root and "://" not in root and (Path(root) / MANIFEST_NAME).is_file():
         found.append(Path(root) / MANIFEST_NAME)
@@ -154,5 +163,6 @@ def _progress_display(request: TrainRequest, *, enabled: bool) -> Iterator[None]
     if not enabled:
         yield
         return
-    with MetricsProgress(request.metrics_path, total=request.config.train.total_steps):
+    metrics = request.files().at(METRICS)
+    with MetricsProgress(metrics, total=request.config.train.total_steps):
         yield

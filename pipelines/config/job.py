@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 from pydantic import Field, model_validator
 
@@ -112,8 +111,9 @@ class JobConfig(Section):
         return accum
 
     @property
-    def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+    def resolved_run_dir(self) -> str:
+        """A path or a storage URI (`s3://bucket/prefix`); default `runs/<name>`."""
+        return self.run_dir or f"runs/{self.name}"
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

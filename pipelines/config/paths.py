@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipelines.config.job import JobConfig
 from pipelines.layout import SHARDS_DIR
+from pipelines.storage import locate
 
 _SQLITE = "sqlite:///"
 
@@ -33,8 +34,8 @@ def with_absolute_paths(
     update: dict = {"run_dir": resolved_run_dir}
     shard_output = None
     if config.shard is not None:
-        shard_output = absolute(config.shard.output, base) or str(
-            Path(resolved_run_dir) / SHARDS_DIR
+        shard_output = absolute(config.shard.output, base) or (
+            locate(resolved_run_dir).join(SHARDS_DIR).uri
         )
         source = config.shard.source
         update["shard"] = config.shard.model_copy(

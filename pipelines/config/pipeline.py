@@ -23,6 +23,7 @@ from pipelines.config.job import JobConfig
 from pipelines.config.loader import _describe, apply_overrides, config_from_dict, read_yaml
 from pipelines.config.paths import absolute, with_absolute_paths
 from pipelines.errors import ConfigError
+from pipelines.storage import Location, locate
 
 STAGES = ("pretrain", "finetune")
 
@@ -44,8 +45,8 @@ class PipelineConfig(Section):
     )
 
     @property
-    def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+    def resolved_run_dir(self) -> str:
+        return self.run_dir or f"runs/{self.name}"
 
 
 def is_pipeline(raw: dict[str, Any]) -> bool:
@@ -104,13 +105,13 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_stages(
-    pipeline: PipelineConfig, stages: dict[str, JobConfig], run_dir: Path | str | None = None
-) -> tuple[Path, dict[str, JobConfig]]:
-    """The pipeline's run dir (absolute) and its stage configs with absolute paths, each stage
-    in `<run dir>/<stage>`, all logging to the pretraining stage's MLflow experiment (nested
-    runs only nest within one experiment)."""
-    root = Path(absolute(str(run_dir or pipeline.resolved_run_dir)))
-    resolved = {name: with_absolute_paths(cfg, root / name) for name, cfg in stages.items()}
+    pipeline: PipelineConfig, stages: dict[str, JobConfig], run_dir: str | None = None
+) -> tuple[Location, dict[str, JobConfig]]:
+    """The pipeline's run dir (absolute, or a storage URI) and its stage configs with absolute
+    paths, each stage in `<run dir>/<stage>`, all logging to the pretraining stage's MLflow
+    experiment (nested runs only nest within one experiment)."""
+    root = locate(absolute(str(run_dir or pipeline.resolved_run_dir)))
+    resolved = {name: with_absolute_paths(cfg, root.join(name).uri) for name, cfg in stages.items()}
     experiment = resolved["pretrain"].tracking.experiment
     for name, cfg in resolved.items():
         tracking = cfg.tracking.model_copy(update={"experiment": experiment})

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from pipelines.distributed import DistContext
+from pipelines.layout import METRICS
+from pipelines.run_storage import RunDir
 from pipelines.tracking.async_logger import AsyncMetricLogger
 from pipelines.tracking.mlflow_run import TrackingTarget
 
@@ -20,23 +22,26 @@ log = logging.getLogger(__name__)
 
 
 class MetricsFile:
-    """Append-only JSON lines with a `step` each. On resume, lines past the resumed step (logged
-    after the checkpoint, before the crash) are dropped so the file reads as one clean run."""
+    """Append-only JSON lines with a `step` each, in the run dir (`parts` under it). On resume,
+    lines past the resumed step (logged after the checkpoint, before the crash) are dropped so
+    the file reads as one clean run. Written locally; `sync` publishes it to run storage."""
 
-    def __init__(self, path: Path, *, resume_step: int | None):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, run: RunDir, *parts: str, resume_step: int | None):
+        self._run, self._parts = run, parts
+        self.path = run.path(*parts)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            path.write_text("")
-        elif path.exists():
+            self.path.write_text("")
+        elif run.fetch(*parts):
             kept = [
                 line
-                for line in path.read_text().splitlines()
+                for line in self.path.read_text().splitlines()
                 if line.strip() and _step_of(line) is not None and _step_of(line) <= resume_step
             ]
-            tmp = path.with_suffix(".tmp")
+            tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(path)
+            tmp.replace(self.path)
+        self.sync()
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {
@@ -45,6 +50,9 @@ class MetricsFile:
         }
         with self.path.open("a") as out:
             out.write(json.dumps(clean) + "\n")
+
+    def sync(self) -> None:
+        self._run.publish(*self._parts)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -99,7 +107,7 @@ class MetricsLogger:
         self,
         *,
         ctx: DistContext,
-        path: Path,
+        run: RunDir,
         tracking: TrackingTarget | None,
         resume_step: int | None,
         total_steps: int,
@@ -111,7 +119,7 @@ class MetricsLogger:
         self.total_steps = total_steps
         self._flops_per_image = flops_per_image
         self._peak_flops = peak_flops
-        self._file = MetricsFile(path, resume_step=resume_step) if ctx.is_main else None
+        self._file = MetricsFile(run, METRICS, resume_step=resume_step) if ctx.is_main else None
         self._tracker = (
             AsyncMetricLogger(tracking.uri, tracking.run_id)
             if ctx.is_main and tracking is not None
@@ -192,6 +200,7 @@ class MetricsLogger:
         if self._file is None:
             return
         self._file.write(record)
+        self._file.sync()
         if self._tracker is not None:
             numbers = {
                 k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)

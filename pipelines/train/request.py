@@ -6,14 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import JobConfig
-from pipelines.layout import CHECKPOINTS_DIR, METRICS, STOP_REQUEST
+from pipelines.layout import CHECKPOINTS_DIR
+from pipelines.run_storage import RunDir
 from pipelines.tracking.mlflow_run import TrackingTarget
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainRequest:
     config: JobConfig
-    run_dir: Path
+    run_dir: str  # run storage: a local path, a shared filesystem path or a URI
     stage: str = "pretrain"
     resume: str = "auto"  # auto | never | a checkpoint path
     tracking: TrackingTarget | None = None
@@ -21,15 +22,10 @@ class TrainRequest:
     tags: dict[str, str] = field(default_factory=dict)
     stop_at_step: int | None = None  # checkpoint and stop cleanly here (time-boxed allocations)
 
+    def files(self, node_id: str = "driver") -> RunDir:
+        """The run dir as a process on `node_id` reads and writes it."""
+        return RunDir.open(self.run_dir, self.config.cluster, node_id)
+
     @property
     def checkpoint_root(self) -> Path:
-        return self.run_dir / CHECKPOINTS_DIR
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.run_dir / METRICS
-
-    @property
-    def stop_file(self) -> Path:
-        """Touching this file asks every rank to checkpoint and exit cleanly (SIGTERM does it)."""
-        return self.run_dir / STOP_REQUEST
+        return Path(self.run_dir) / CHECKPOINTS_DIR

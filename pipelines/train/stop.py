@@ -12,19 +12,24 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+
+from pipelines.storage import Location
 
 
 class StopRequest:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, location: Location):
+        self.location = location
         self._signalled = 0
 
+    def signalled(self) -> bool:
+        return self._signalled > 0
+
     def requested(self) -> bool:
-        return self._signalled > 0 or self.path.exists()
+        """A signal, or the STOP file (a storage read: on a cluster, one rank polls it)."""
+        return self.signalled() or self.location.exists()
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.location.delete()
 
     @contextlib.contextmanager
     def on_signals(self, *signums: int, touch_file: bool = False) -> Iterator[None]:
@@ -41,8 +46,7 @@ class StopRequest:
             if self._signalled > 1:
                 raise KeyboardInterrupt(f"{signal.Signals(signum).name} twice: aborting")
             if touch_file:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.touch()
+                self.location.write_bytes_atomic(b"")
 
         for signum in signums:
             signal.signal(signum, handler)

@@ -23,7 +23,7 @@ from pipelines.data.mixing import mix_batch
 from pipelines.distributed import DistContext
 from pipelines.evaluation.evaluate import EvalResult, evaluate
 from pipelines.evaluation.probe import fewshot_on_shards
-from pipelines.layout import SAMPLE_KEYS_DIR, sample_keys_name
+from pipelines.layout import SAMPLE_KEYS_DIR, STOP_REQUEST, sample_keys_name
 from pipelines.seeds import mix_seed
 from pipelines.train.checkpoint import Checkpointer, Progress
 from pipelines.train.engine import DeepSpeedEngine
@@ -74,7 +74,8 @@ class Trainer:
             decode_on=self.engine.device if config.data.decode_device == "cuda" else None,
         )
         self.val_loader = self._val_loader(img_size, manifest)
-        self.stop = StopRequest(request.stop_file)
+        self.run = request.files(ctx.node_id)
+        self.stop = StopRequest(self.run.at(STOP_REQUEST))
         self.progress = Progress()
         self.lr = config.optim.lr
         self.last_eval: EvalResult | None = None
@@ -100,7 +101,8 @@ class Trainer:
                 if done or stopping or step % log_every == 0:
                     self._log_train()
                 self._maybe_evaluate(done)
-                self.checkpointer.maybe_save(step, force=done or stopping)
+                if self.checkpointer.maybe_save(step, force=done or stopping):
+                    self._sync_sample_keys()
                 if stopping and not done:
                     status = "stopped"
                     break
@@ -134,6 +136,10 @@ class Trainer:
 
     # -- the pieces of the loop -------------------------------------------------------------
 
+    def _sync_sample_keys(self) -> None:
+        if self.sample_keys is not None:
+            self.sample_keys.sync()
+
     def _next_batch(self) -> tuple[dict[str, Any], float]:
         """The next micro-batch (rolling over to the next epoch) and the seconds waited for it."""
         start = time.perf_counter()
@@ -165,7 +171,9 @@ class Trainer:
         step = self.progress.step
         stopping = step == self.request.stop_at_step
         if done or step % STOP_CHECK_EVERY == 0:
-            stopping = self.ctx.any_true(self.stop.requested()) or stopping
+            # Rank 0 reads the STOP file (on a cluster, a storage request); a signal reaches any.
+            asked = self.stop.requested() if self.ctx.is_main else self.stop.signalled()
+            stopping = self.ctx.any_true(asked) or stopping
         return stopping
 
     def _log_train(self) -> None:
@@ -230,7 +238,7 @@ class Trainer:
     def _metrics_logger(self) -> MetricsLogger:
         return MetricsLogger(
             ctx=self.ctx,
-            path=self.request.metrics_path,
+            run=self.run,
             tracking=self.request.tracking,
             resume_step=self.checkpointer.resumed_step,
             total_steps=self.config.train.total_steps,
@@ -242,8 +250,10 @@ class Trainer:
     def _sample_key_log(self) -> MetricsFile | None:
         if not self.config.train.record_sample_keys:
             return None
-        path = self.request.run_dir / SAMPLE_KEYS_DIR / sample_keys_name(self.ctx.rank)
-        return MetricsFile(path, resume_step=self.checkpointer.resumed_step)
+        name = sample_keys_name(self.ctx.rank)
+        return MetricsFile(
+            self.run, SAMPLE_KEYS_DIR, name, resume_step=self.checkpointer.resumed_step
+        )
 
     def _peak_flops(self) -> float:
         """Against the dtype the matmuls actually run in: bf16 weights or bf16 autocast on a GPU."""
