@@ -75,7 +75,7 @@ def test_local_launcher_without_tracking_imports_neither_ray_nor_mlflow(fractal_
     raw = tiny_job(
         fractal_shards,
         tmp_path,
-        train={"total_steps": 2, "global_batch_size": 16},
+        train={"total_steps": 3, "global_batch_size": 16},
         checkpoint={"every_n_steps": None},
         tracking={"enabled": False},
         cluster={"num_workers": 1},
