@@ -99,14 +99,11 @@ def run_eval_job(
             summary.update(
                 fewshot_on_shards(
                     model,
+                    config,
                     config.data.fewshot_shards or config.data.train_shards,
                     ctx=DistContext(device=device.type),
-                    data=config.data,
-                    augment=config.augment,
                     img_size=model.config.img_size,
                     shots=fewshot,
-                    seed=config.train.seed,
-                    micro_batch_size=config.train.micro_batch_size,
                 )
             )
         summary["status"] = "finished"
@@ -125,17 +122,9 @@ def _classify(model, device: torch.device, config: JobConfig, root: str, progres
     from pipelines.data.loader import ShardLoader
     from pipelines.evaluation.evaluate import evaluate
 
-    loader = ShardLoader(
-        root,
-        config.data.val_split,
-        rank=0,
-        world_size=1,
-        micro_batch_size=config.train.micro_batch_size,
-        seed=config.train.seed,
-        data=config.data,
-        augment=config.augment,
-        img_size=model.config.img_size,
-        train=False,
+    ctx = DistContext(device=device.type)
+    loader = ShardLoader.from_config(
+        config, ctx, config.data.val_split, train=False, img_size=model.config.img_size, root=root
     )
     batches = loader
     if progress:
@@ -145,7 +134,7 @@ def _classify(model, device: torch.device, config: JobConfig, root: str, progres
     return evaluate(
         lambda images: model(images.to(device)),
         batches,
-        DistContext(device=device.type),
+        ctx,
         num_classes=model.config.num_classes,
         confusion=True,
     )

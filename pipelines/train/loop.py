@@ -260,17 +260,13 @@ def _loader(
 ):
     from pipelines.data.loader import ShardLoader
 
-    return ShardLoader(
-        root or _train_shards(config),
+    return ShardLoader.from_config(
+        config,
+        ctx,
         split,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        micro_batch_size=config.train.micro_batch_size,
-        seed=config.train.seed,
-        data=config.data,
-        augment=config.augment,
-        img_size=img_size,
         train=train,
+        img_size=img_size,
+        root=root,
         device=device,
         decode_on=decode_on,
     )
@@ -496,14 +492,11 @@ def _fewshot(
     try:
         return fewshot_on_shards(
             engine.features,
+            config,
             config.data.fewshot_shards,
             ctx=ctx,
-            data=config.data,
-            augment=config.augment,
             img_size=img_size,
             shots=config.train.fewshot_shots,
-            seed=config.train.seed,
-            micro_batch_size=config.train.micro_batch_size,
         )
     finally:
         engine.train(True)

@@ -31,7 +31,6 @@ from pipelines.data.loader.crop_boxes import CropBox, eval_box, train_box
 from pipelines.data.loader.read_plan import (
     ConsumerPlan,
     EpochPlan,
-    derive_seed,
     worker_batches_before,
 )
 from pipelines.data.loader.tar_reader import Missing, RawSample, read_shard
@@ -45,6 +44,7 @@ from pipelines.data.loader.transforms import (
     train_transform,
 )
 from pipelines.errors import DataError
+from pipelines.seeds import derive_seed
 from pipelines.storage import Location
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,8 @@
 """`ShardLoader`: the training/eval input of one rank, with a resumable (epoch, position) state.
 
-Usage in a training loop (every rank builds its own, with its own `rank`):
+Usage in a training loop (every rank builds its own, with its own `ctx.rank`):
 
-    loader = ShardLoader(root, "train", rank=r, world_size=w, micro_batch_size=b, seed=s,
-                         data=cfg.data, augment=cfg.augment, img_size=cfg.model.img_size)
+    loader = ShardLoader.from_config(config, ctx, "train", train=True, img_size=224)
     loader.load_state_dict(checkpoint["loader"])       # optional; logs describe_resume()
     while step < total_steps:
         for batch in loader:                            # the rest of the current epoch
@@ -54,6 +53,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from pipelines.config import JobConfig
 from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
 from pipelines.data.loader.device_decode import DeviceDecoder
@@ -66,7 +66,9 @@ from pipelines.data.loader.read_plan import (
     plan_train_epoch,
 )
 from pipelines.data.manifest import Manifest, SplitInfo, check_shard_name, read_manifest
-from pipelines.errors import DataError
+from pipelines.distributed import DistContext
+from pipelines.errors import ConfigError, DataError
+from pipelines.seeds import derive_seed
 from pipelines.storage import Location, locate
 
 logger = logging.getLogger(__name__)
@@ -144,6 +146,48 @@ class ShardLoader:
         self._resume_note = "fresh start (no loader state loaded)"
         self._decoder: DeviceDecoder | None = None
         self._plan()  # an impossible plan fails here, before any process starts
+
+    @classmethod
+    def from_config(
+        cls,
+        config: JobConfig,
+        ctx: DistContext,
+        split: str,
+        *,
+        train: bool,
+        img_size: int,
+        root: str | Location | None = None,
+        manifest: Manifest | None = None,
+        device: torch.device | None = None,
+        decode_on: torch.device | None = None,
+    ) -> ShardLoader:
+        """The loader of rank `ctx.rank` of `ctx.world_size` for `split` of `root`.
+
+        Every call site (the trainer's train and val loaders, the few-shot probe, the eval stage)
+        builds its loader here: `root` defaults to `data.train_shards`; micro-batch and seed come
+        from `train:`, workers, buffers and verification from `data:`, crops from `augment:`.
+        """
+        if root is None:
+            if not config.data.train_shards:
+                raise ConfigError(
+                    "data.train_shards is not set; point it at a shard directory with manifest.json"
+                )
+            root = config.data.train_shards
+        return cls(
+            root,
+            split,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            micro_batch_size=config.train.micro_batch_size,
+            seed=config.train.seed,
+            data=config.data,
+            augment=config.augment,
+            img_size=img_size,
+            train=train,
+            manifest=manifest,
+            device=device,
+            decode_on=decode_on,
+        )
 
     # -- epochs and sizes ------------------------------------------------------------------
 
@@ -238,7 +282,7 @@ class ShardLoader:
             else None,
             # Its own generator: creating the iterator must not draw from torch's global RNG,
             # or a resumed run's dropout/drop-path stream would shift against the original.
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(derive_seed("dataloader", self.seed)),
         )
         self._fold_live()
         batches = self._checked(loader)
@@ -306,20 +350,18 @@ class ShardLoader:
             "seed": self.seed,
             "epoch": epoch,
             "position": position,
-            **_topology_fields(self.topology),
-            "history": [
-                {**_topology_fields(seg.topology), "position": seg.position} for seg in history
-            ],
+            **self.topology.to_dict(),
+            "history": [{**seg.topology.to_dict(), "position": seg.position} for seg in history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`; see the module docstring for what a topology change does."""
         try:
             version = state["version"]
-            old = _topology_from(state)
+            old = Topology.from_dict(state)
             epoch, position = int(state["epoch"]), int(state["position"])
             history = tuple(
-                Segment(_topology_from(h), int(h["position"])) for h in state["history"]
+                Segment(Topology.from_dict(h), int(h["position"])) for h in state["history"]
             )
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"loader state is malformed ({err!r}): {state!r}") from None
@@ -372,24 +414,6 @@ class ShardLoader:
     def describe_resume(self) -> str:
         """One line for the logs: what the last load_state_dict did."""
         return self._resume_note
-
-
-def _topology_fields(topo: Topology) -> dict[str, int]:
-    return {
-        "world_size": topo.world_size,
-        "num_workers": topo.num_workers,
-        "micro_batch_size": topo.micro_batch_size,
-        "shuffle_buffer": topo.shuffle_buffer,
-    }
-
-
-def _topology_from(d: dict[str, Any]) -> Topology:
-    return Topology(
-        int(d["world_size"]),
-        int(d["num_workers"]),
-        int(d["micro_batch_size"]),
-        int(d["shuffle_buffer"]),
-    )
 
 
 @functools.cache
