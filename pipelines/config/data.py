@@ -26,6 +26,9 @@ class SourceSection(Section):
         True, description="fractal: a random flip and quarter turn per image"
     )
     seed: int = 0
+    max_file_bytes: int = Field(
+        512 * 2**20, ge=1, description="larger input files are rejected as too_large"
+    )
 
     @model_validator(mode="after")
     def _check_path(self) -> SourceSection:

@@ -69,6 +69,7 @@ class DatasetSpec:
     """Everything a worker needs; plain data so that it pickles under any start method."""
 
     shards: tuple[Location, ...]  # indexed like the manifest's shard list
+    root: Location  # every shard's resolved path must stay inside it
     plan: EpochPlan
     rank: int
     start_position: int  # rank batches of this segment already consumed
@@ -231,7 +232,8 @@ class ConsumerStream:
 
     def _read(self, positions: np.ndarray) -> Iterator[RawSample | Missing]:
         for shard, offsets in self.spec.plan.stream.group(positions):
-            for _, item in read_shard(self.spec.shards[shard], offsets.tolist()):
+            location = self.spec.shards[shard]
+            for _, item in read_shard(location, offsets.tolist(), self.spec.root):
                 yield item
 
     def _decode(self, item: RawSample | Missing) -> _Good:

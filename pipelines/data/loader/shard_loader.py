@@ -65,6 +65,7 @@ from pipelines.data.loader.read_plan import (
     plan_eval,
     plan_train_epoch,
 )
+from pipelines.data.loader.shard_files import check_shard_files
 from pipelines.data.manifest import Manifest, SplitInfo, check_shard_name, read_manifest
 from pipelines.distributed import DistContext
 from pipelines.errors import ConfigError, DataError
@@ -122,6 +123,7 @@ class ShardLoader:
             raise DataError(f"{self.root.uri}: the manifest lists no classes")
         self._info = info
         self._shards = tuple(self.root.join(s.name) for s in info.shards)
+        check_shard_files(self.root, self._shards)
         self.rank = rank
         self.seed = seed
         self.train = train
@@ -255,6 +257,7 @@ class ShardLoader:
     def _run(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
         spec = DatasetSpec(
             shards=self._shards,
+            root=self.root,
             plan=plan,
             rank=self.rank,
             start_position=self._position,

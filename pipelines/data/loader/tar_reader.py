@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipelines.storage import Location
+from pipelines.storage import Location, RefusedFile
 
 # tarfile's stream buffer re-slices what it holds on every read: small is fast (1 MiB is 5x slower).
 _READ_BUFFER = tarfile.RECORDSIZE
@@ -45,9 +45,12 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def read_shard(
-    location: Location, wanted: Sequence[int]
+    location: Location, wanted: Sequence[int], within: Location | None = None
 ) -> Iterator[tuple[int, RawSample | Missing]]:
-    """Yield (index in shard, sample or Missing) for every index in `wanted` (sorted), in order."""
+    """Yield (index in shard, sample or Missing) for every index in `wanted` (sorted), in order.
+
+    Only a regular file is read, and with `within`, only one whose resolved path is inside it.
+    """
     pending = iter(wanted)
     target = next(pending, None)
     if target is None:
@@ -56,7 +59,7 @@ def read_shard(
     index, sample = -1, None
     try:
         with (
-            location.open_read() as raw,
+            location.open_regular(within) as raw,
             tarfile.open(fileobj=raw, mode="r|", bufsize=_READ_BUFFER) as tar,
         ):
             key = None
@@ -76,7 +79,7 @@ def read_shard(
                 if sample is not None:
                     data = tar.extractfile(member)
                     sample.fields[ext] = data.read() if data is not None else b""
-    except (OSError, EOFError, tarfile.TarError, pa.ArrowException) as err:
+    except (OSError, EOFError, tarfile.TarError, pa.ArrowException, RefusedFile) as err:
         # FileNotFoundError, truncated data ("unexpected end of data"), bad headers.
         failure = f"{type(err).__name__}: {err}"
     if sample is not None:
