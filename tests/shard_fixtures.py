@@ -132,6 +132,7 @@ def make_loader(
     img_size: int = 16,
     max_skip_fraction: float = 0.0,
     decode_on=None,
+    verify_shards: str = "first_epoch",
     **augment: object,
 ):
     """A ShardLoader with test-sized defaults, built as every call site builds one
@@ -148,6 +149,7 @@ def make_loader(
                 "shuffle_buffer": shuffle_buffer,
                 "max_skip_fraction": max_skip_fraction,
                 "prefetch_factor": 2,
+                "verify_shards": verify_shards,
             },
             "augment": augment,
             "train": {

@@ -71,6 +71,11 @@ class DataSection(Section):
     max_pixels: int = Field(
         89_478_485, ge=1, description="larger images are skipped before they are decoded"
     )
+    verify_shards: Literal["first_epoch", "always", "never"] = Field(
+        "first_epoch",
+        description="check each shard's sha256 against the manifest before using its samples: "
+        "in the first epoch a loader runs, in every epoch, or never",
+    )
 
 
 class AugmentSection(Section):

@@ -33,6 +33,7 @@ from pipelines.data.loader.read_plan import (
     EpochPlan,
     worker_batches_before,
 )
+from pipelines.data.loader.shard_files import verify_shard
 from pipelines.data.loader.tar_reader import Missing, RawSample, read_shard
 from pipelines.data.loader.transforms import (
     BadSample,
@@ -80,6 +81,8 @@ class DatasetSpec:
     augment: AugmentSection
     # False: leave the pixels to the training process (data.decode_device); choose boxes only.
     decode_in_worker: bool = True
+    # (bytes, sha256) per shard: each is hashed before its samples are used; None: trusted.
+    expected: tuple[tuple[int, str], ...] | None = None
 
 
 @dataclass
@@ -135,6 +138,7 @@ class ConsumerStream:
         self.normalize = Normalize(spec.augment.mean, spec.augment.std)
         self.counts = {"samples": 0, "skipped": 0, "refilled": 0, "padded": 0}
         self._reserve: list[_Good] | None = None
+        self._verified: set[int] = set()
 
     def batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
         """Batches start_batch.. of this consumer; a DataError becomes a final {'error': ...}."""
@@ -233,6 +237,9 @@ class ConsumerStream:
     def _read(self, positions: np.ndarray) -> Iterator[RawSample | Missing]:
         for shard, offsets in self.spec.plan.stream.group(positions):
             location = self.spec.shards[shard]
+            if self.spec.expected is not None and shard not in self._verified:
+                verify_shard(location, self.spec.root, *self.spec.expected[shard])
+                self._verified.add(shard)
             for _, item in read_shard(location, offsets.tolist(), self.spec.root):
                 yield item
 

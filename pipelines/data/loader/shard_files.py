@@ -1,4 +1,6 @@
-"""Checks on a split's shard files before any plan is sized or any worker starts.
+"""Checks on a split's shard files: links and kinds before any plan is sized or any worker
+starts (`check_shard_files`), content against the manifest before a consumer uses a shard's
+samples (`verify_shard`).
 
 A shard set is data: a shard may be a symlink planted to make training read a file outside the
 set. On a local disk every shard that exists must be a regular file whose resolved path stays
@@ -8,12 +10,15 @@ loader skips and counts their samples.)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
 
 from pipelines.errors import DataError
-from pipelines.storage import Location
+from pipelines.storage import Location, RefusedFile
+
+_HASH_CHUNK = 1 << 20
 
 
 def check_shard_files(root: Location, shards: Sequence[Location]) -> None:
@@ -36,3 +41,29 @@ def check_shard_files(root: Location, shards: Sequence[Location]) -> None:
             mode = os.stat(target).st_mode if os.path.exists(target) else stat.S_IFREG
         if not stat.S_ISREG(mode):
             raise DataError(f"{shard.uri} is not a regular file; a shard must be a tar file")
+
+
+def verify_shard(shard: Location, root: Location, num_bytes: int, sha256: str) -> None:
+    """Hash the whole file and compare it with the manifest; `DataError` naming the shard if it
+    differs. A missing or refused file is left to the tar reader, which skips and counts it."""
+    if not sha256:
+        raise DataError(
+            f"{shard.uri}: the manifest records no sha256 for this shard, so it cannot be "
+            "verified; re-create the manifest with `vitpipe shard`, or set data.verify_shards=never"
+        )
+    try:
+        handle = shard.open_regular(root)
+    except (FileNotFoundError, RefusedFile):
+        return
+    digest, size = hashlib.sha256(), 0
+    with handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    if size != num_bytes or digest.hexdigest() != sha256:
+        raise DataError(
+            f"{shard.uri}: content does not match the manifest (sha256 {digest.hexdigest()[:16]}.., "
+            f"{size} bytes; manifest: {sha256[:16]}.., {num_bytes} bytes): the shard changed after "
+            "the manifest was written; re-create it with `vitpipe shard` (or set "
+            "data.verify_shards=never to train on it as it is)"
+        )
