@@ -71,6 +71,12 @@ class DataSection(Section):
     max_pixels: int = Field(
         89_478_485, ge=1, description="larger images are skipped before they are decoded"
     )
+    max_member_bytes: int = Field(
+        512 * 2**20,
+        ge=1,
+        description="a tar member claiming more ends its shard's reading (a corrupt or hostile "
+        "header is never read whole)",
+    )
     verify_shards: Literal["first_epoch", "always", "never"] = Field(
         "first_epoch",
         description="check each shard's sha256 against the manifest before using its samples: "

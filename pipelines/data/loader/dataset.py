@@ -71,6 +71,7 @@ class DatasetSpec:
 
     shards: tuple[Location, ...]  # indexed like the manifest's shard list
     root: Location  # every shard's resolved path must stay inside it
+    max_member_bytes: int  # a tar member claiming more ends its shard
     plan: EpochPlan
     rank: int
     start_position: int  # rank batches of this segment already consumed
@@ -240,7 +241,8 @@ class ConsumerStream:
             if self.spec.expected is not None and shard not in self._verified:
                 verify_shard(location, self.spec.root, *self.spec.expected[shard])
                 self._verified.add(shard)
-            for _, item in read_shard(location, offsets.tolist(), self.spec.root):
+            wanted = offsets.tolist()
+            for _, item in read_shard(location, wanted, self.spec.root, self.spec.max_member_bytes):
                 yield item
 
     def _decode(self, item: RawSample | Missing) -> _Good:

@@ -1,6 +1,6 @@
-"""Checks on a split's shard files: links and kinds before any plan is sized or any worker
-starts (`check_shard_files`), content against the manifest before a consumer uses a shard's
-samples (`verify_shard`).
+"""Checks on a split's shard files: links, kinds and sizes before any plan is sized or any
+worker starts (`check_shard_files`), content against the manifest before a consumer uses a
+shard's samples (`verify_shard`).
 
 A shard set is data: a shard may be a symlink planted to make training read a file outside the
 set. On a local disk every shard that exists must be a regular file whose resolved path stays
@@ -15,17 +15,35 @@ import os
 import stat
 from collections.abc import Sequence
 
+import pyarrow.fs as pafs
+
+from pipelines.data.manifest import TAR_BLOCK, ShardInfo
 from pipelines.errors import DataError
 from pipelines.storage import Location, RefusedFile
 
 _HASH_CHUNK = 1 << 20
 
 
-def check_shard_files(root: Location, shards: Sequence[Location]) -> None:
-    """Raise `DataError` naming the first shard that is a link out of `root` or not a file."""
-    if not root.is_local:
-        return
+def check_shard_files(
+    root: Location, shards: Sequence[Location], infos: Sequence[ShardInfo]
+) -> None:
+    """Raise `DataError` naming the first shard that is a link out of `root`, not a file, or
+    smaller than the sample count the manifest claims could fit in (before any plan is sized
+    from those counts)."""
+    sizes = _local_sizes(root, shards) if root.is_local else _listed_sizes(root)
+    for shard, info in zip(shards, infos, strict=True):
+        size = sizes.get(shard.path)
+        runs = info.samples + len(info.skip)
+        if size is not None and runs * TAR_BLOCK > size:
+            raise DataError(
+                f"{shard.uri}: the manifest claims {runs} samples, but the file's {size} bytes "
+                f"hold at most {size // TAR_BLOCK}; the manifest does not describe this file"
+            )
+
+
+def _local_sizes(root: Location, shards: Sequence[Location]) -> dict[str, int]:
     base = os.path.realpath(root.path).rstrip(os.sep) + os.sep
+    sizes = {}
     for shard in shards:
         try:
             mode = os.lstat(shard.path).st_mode
@@ -38,9 +56,21 @@ def check_shard_files(root: Location, shards: Sequence[Location]) -> None:
                     f"{shard.uri} is a symlink to {target}, outside the shard directory "
                     f"{root.uri}; shards are read only from inside it"
                 )
-            mode = os.stat(target).st_mode if os.path.exists(target) else stat.S_IFREG
-        if not stat.S_ISREG(mode):
+            if not os.path.exists(target):
+                continue
+        st = os.stat(shard.path)
+        if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{shard.uri} is not a regular file; a shard must be a tar file")
+        sizes[shard.path] = st.st_size
+    return sizes
+
+
+def _listed_sizes(root: Location) -> dict[str, int]:
+    """Sizes from one listing of the shard root (one request per 1000 objects, not per shard)."""
+    selector = pafs.FileSelector(root.path, allow_not_found=True)
+    return {
+        e.path: e.size or 0 for e in root.fs.get_file_info(selector) if e.type == pafs.FileType.File
+    }
 
 
 def verify_shard(shard: Location, root: Location, num_bytes: int, sha256: str) -> None:

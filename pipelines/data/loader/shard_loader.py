@@ -114,7 +114,7 @@ class ShardLoader:
             raise DataError(f"{self.root.uri}: the manifest lists no classes")
         self._info = info
         self._shards = tuple(self.root.join(s.name) for s in info.shards)
-        check_shard_files(self.root, self._shards)
+        check_shard_files(self.root, self._shards, info.shards)
         self.rank = rank
         self.seed = seed
         self.train = train
@@ -249,6 +249,7 @@ class ShardLoader:
         spec = DatasetSpec(
             shards=self._shards,
             root=self.root,
+            max_member_bytes=self.data.max_member_bytes,
             plan=plan,
             rank=self.rank,
             start_position=self._position,

@@ -20,6 +20,7 @@ from pipelines.storage import Location, RefusedFile
 
 # tarfile's stream buffer re-slices what it holds on every read: small is fast (1 MiB is 5x slower).
 _READ_BUFFER = tarfile.RECORDSIZE
+DEFAULT_MAX_MEMBER_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -44,12 +45,20 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower()
 
 
+class MemberTooLarge(tarfile.TarError):
+    """A member whose header claims more bytes than the cap: never read, ends the shard."""
+
+
 def read_shard(
-    location: Location, wanted: Sequence[int], within: Location | None = None
+    location: Location,
+    wanted: Sequence[int],
+    within: Location | None = None,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> Iterator[tuple[int, RawSample | Missing]]:
     """Yield (index in shard, sample or Missing) for every index in `wanted` (sorted), in order.
 
     Only a regular file is read, and with `within`, only one whose resolved path is inside it.
+    A member claiming more than `max_member_bytes` ends the shard like a corrupt header.
     """
     pending = iter(wanted)
     target = next(pending, None)
@@ -66,6 +75,11 @@ def read_shard(
             for member in tar:
                 if not member.isfile():
                     continue
+                if member.size > max_member_bytes:
+                    raise MemberTooLarge(
+                        f"member {member.name!r} claims {member.size} bytes, over "
+                        f"data.max_member_bytes={max_member_bytes}"
+                    )
                 mkey, ext = split_member_name(member.name)
                 if mkey != key:
                     if sample is not None:
