@@ -37,6 +37,10 @@ def run_shard(config: JobConfig, progress: bool = True) -> dict[str, Any]:
     `<output>/summary.json`). Uses the Ray that is already initialised, else `config.cluster`."""
     if config.shard is None:
         raise ConfigError("shard: the config has no `shard:` section; `vitpipe shard` needs one")
+    if config.shard.source.kind == "webdataset":  # index users' own shards in place
+        from launch.stages.shard_index import run_index
+
+        return run_index(config, progress)
     section = with_absolute_paths(config).shard
     started = time.perf_counter()
     job, plan = shard_set.prepare(section)
@@ -79,6 +83,10 @@ def run_shard(config: JobConfig, progress: bool = True) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The one line `vitpipe shard` prints at the end."""
+    if summary.get("mode") == "index":
+        from launch.stages.shard_index import format_index_summary
+
+        return format_index_summary(summary)
     splits = ", ".join(f"{k} {v['num_samples']}" for k, v in summary["splits"].items())
     return (
         f"shard: {summary['num_samples']} samples ({splits}) in {summary['num_shards']} shards, "

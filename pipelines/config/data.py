@@ -7,8 +7,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipelines.config.base import Section
+from pipelines.data.labels import LABEL_KEY_PATTERN
 
-SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits"]
+SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits", "webdataset"]
 _KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")
 
 
@@ -29,11 +30,36 @@ class SourceSection(Section):
     max_file_bytes: int = Field(
         512 * 2**20, ge=1, description="larger input files are rejected as too_large"
     )
+    urls: str | list[str] | None = Field(
+        None,
+        description="webdataset: the train shards, indexed in place: a brace pattern "
+        "('/data/in1k/train-{0000..1023}.tar'), a directory of .tar files, or URIs",
+    )
+    val_urls: str | list[str] | None = Field(
+        None, description="webdataset: the val shards (else shard.val_fraction of whole shards)"
+    )
+    label_key: str = Field(
+        "cls",
+        pattern=LABEL_KEY_PATTERN,
+        description="webdataset: 'cls' (the .cls member) or 'json:<field>' (a .json field)",
+    )
+    classes_file: str | None = Field(
+        None, description="webdataset: class names, one per line; line i names class i"
+    )
 
     @model_validator(mode="after")
     def _check_path(self) -> SourceSection:
         if self.kind in _KINDS_WITH_PATH and not self.path:
             raise ValueError(f"shard.source.path is required for kind {self.kind!r}")
+        if self.kind == "webdataset" and not self.urls:
+            raise ValueError(
+                "shard.source.urls is required for kind 'webdataset' (a brace pattern such as "
+                "'/data/in1k/train-{0000..1023}.tar', a directory, or a list of URIs)"
+            )
+        if self.kind != "webdataset":
+            for name in ("urls", "val_urls", "classes_file"):
+                if getattr(self, name):
+                    raise ValueError(f"shard.source.{name} is only for kind 'webdataset'")
         return self
 
 

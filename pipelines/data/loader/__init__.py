@@ -1,7 +1,8 @@
 """Shards -> batches: a deterministic, resumable, corruption-tolerant training and eval loader.
 
-Modules, one job each: `plan` (who reads which sample in which order; pure), `tar_reader`
-(stream samples out of one tar, no-throw), `transforms` (decode + seeded augmentation),
+Modules, one job each: `read_plan` (who reads which sample in which order; pure), `tar_reader`
+(stream samples out of one tar, no-throw, webdataset's grouping rules), `shard_files` (links,
+sizes and sha256 of shard files), `loader_state` (the checkpointed state), `transforms` (decode + seeded augmentation),
 `dataset` (the per-worker IterableDataset), `shard_loader` (the rank's loader and its state).
 """
 

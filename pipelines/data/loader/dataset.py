@@ -84,6 +84,9 @@ class DatasetSpec:
     decode_in_worker: bool = True
     # (bytes, sha256) per shard: each is hashed before its samples are used; None: trusted.
     expected: tuple[tuple[int, str], ...] | None = None
+    label_key: str = "cls"  # where a sample's label is (pipelines.data.labels)
+    classes: tuple[str, ...] = ()  # class names, for labels given as names
+    skips: tuple[tuple[int, ...], ...] = ()  # per shard: tar runs that are not samples
 
 
 @dataclass
@@ -140,6 +143,12 @@ class ConsumerStream:
         self.counts = {"samples": 0, "skipped": 0, "refilled": 0, "padded": 0}
         self._reserve: list[_Good] | None = None
         self._verified: set[int] = set()
+        self._label_args = {
+            "num_classes": spec.num_classes,
+            "max_pixels": spec.max_pixels,
+            "label_key": spec.label_key,
+            "classes": {name: i for i, name in enumerate(spec.classes)},
+        }
 
     def batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
         """Batches start_batch.. of this consumer; a DataError becomes a final {'error': ...}."""
@@ -241,21 +250,19 @@ class ConsumerStream:
             if self.spec.expected is not None and shard not in self._verified:
                 verify_shard(location, self.spec.root, *self.spec.expected[shard])
                 self._verified.add(shard)
+            spec = self.spec
+            skip = spec.skips[shard] if spec.skips else ()
             wanted = offsets.tolist()
-            for _, item in read_shard(location, wanted, self.spec.root, self.spec.max_member_bytes):
+            for _, item in read_shard(location, wanted, spec.root, spec.max_member_bytes, skip):
                 yield item
 
     def _decode(self, item: RawSample | Missing) -> _Good:
         if isinstance(item, Missing):
             raise BadSample(item.reason)
         if not self.spec.decode_in_worker:
-            data, size, label = parse_sample(
-                item, num_classes=self.spec.num_classes, max_pixels=self.spec.max_pixels
-            )
+            data, size, label = parse_sample(item, **self._label_args)
             return _Good(data, label, item.key, size)
-        image, label = decode_sample(
-            item, num_classes=self.spec.num_classes, max_pixels=self.spec.max_pixels
-        )
+        image, label = decode_sample(item, **self._label_args)
         return _Good(image, label, item.key)
 
     def _augment(self, image: torch.Tensor, position: int) -> torch.Tensor:

@@ -31,10 +31,17 @@ from pipelines.errors import DataError
 STATE_VERSION = 1
 
 
-def split_fingerprint(split: str, info: SplitInfo) -> str:
-    """A short hash of a split's shard list: names, sample counts and content hashes."""
-    shards = [[s.name, s.samples, s.sha256] for s in info.shards]
-    text = json.dumps({"split": split, "shards": shards}, sort_keys=True)
+def split_fingerprint(split: str, info: SplitInfo, label_key: str = "cls") -> str:
+    """A short hash of a split's shard list: names, sample counts and content hashes, and for
+    indexed shards (format 2) the skipped runs and the label key, which decide what sample i is.
+    """
+    shards = [
+        [s.name, s.samples, s.sha256, *([list(s.skip)] if s.skip else [])] for s in info.shards
+    ]
+    described = {"split": split, "shards": shards}
+    if label_key != "cls":
+        described["label_key"] = label_key
+    text = json.dumps(described, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

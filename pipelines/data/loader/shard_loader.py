@@ -113,8 +113,10 @@ class ShardLoader:
         if not self.manifest.classes:
             raise DataError(f"{self.root.uri}: the manifest lists no classes")
         self._info = info
-        self._shards = tuple(self.root.join(s.name) for s in info.shards)
-        check_shard_files(self.root, self._shards, info.shards)
+        # Format 2 manifests (indexed WebDataset shards) keep their shards elsewhere.
+        self.shards_root = self.manifest.shards_root(self.root, split)
+        self._shards = tuple(self.shards_root.join(s.name) for s in info.shards)
+        check_shard_files(self.shards_root, self._shards, info.shards)
         self.rank = rank
         self.seed = seed
         self.train = train
@@ -129,7 +131,7 @@ class ShardLoader:
         self.topology = Topology(
             world_size, data.num_workers, micro_batch_size, data.shuffle_buffer if train else 0
         )
-        self.fingerprint = split_fingerprint(split, info)
+        self.fingerprint = split_fingerprint(split, info, self.manifest.label_key)
         self._epoch = 0
         self._position = 0
         self._history: tuple[Segment, ...] = ()
@@ -248,7 +250,7 @@ class ShardLoader:
     def _run(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
         spec = DatasetSpec(
             shards=self._shards,
-            root=self.root,
+            root=self.shards_root,
             max_member_bytes=self.data.max_member_bytes,
             plan=plan,
             rank=self.rank,
@@ -260,6 +262,9 @@ class ShardLoader:
             augment=self.augment,
             decode_in_worker=self.decode_on is None,
             expected=self._expected() if self._verify_next_run() else None,
+            label_key=self.manifest.label_key,
+            classes=self.manifest.classes,
+            skips=tuple(s.skip for s in self._info.shards),
         )
         workers = self.data.num_workers
         pin = (

@@ -26,6 +26,7 @@ REJECT_REASONS = (
     "not_an_image",
     "label_missing",
     "label_out_of_range",
+    "label_invalid",
     "too_many_pixels",
     "file_missing",
     "unreadable",
