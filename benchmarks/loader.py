@@ -7,6 +7,10 @@ baseline uses PIL, torchvision's default loader (`pil`), and both run RandomResi
 flip + float + normalise with the same worker count and batch size. Runs are interleaved
 (shards, ImageFolder, shards, ...), each preceded by one warm-up, and medians are compared.
 
+Shard verification (`data.verify_shards`) is measured in the same run: `shards` trusts the files
+(`never`), `shards[verify]` hashes every shard before its first sample (what `first_epoch` does in
+a run's first epoch, and `always` in every epoch); the ratio is the first epoch's cost.
+
     .venv/bin/python benchmarks/loader.py                       # ~2 min on 2 cores
     .venv/bin/python benchmarks/loader.py --images 4000 --rounds 5 --workers 4
 """
@@ -123,7 +127,7 @@ def run_imagefolder(folder: Path, args, decoder: str) -> float:
     return images / (time.perf_counter() - start)
 
 
-def run_shards(shards: Path, args, epoch: int) -> float:
+def run_shards(shards: Path, args, epoch: int, verify: str = "never") -> float:
     loader = ShardLoader(
         str(shards),
         "train",
@@ -131,7 +135,9 @@ def run_shards(shards: Path, args, epoch: int) -> float:
         world_size=1,
         micro_batch_size=args.batch_size,
         seed=0,
-        data=DataSection(num_workers=args.workers, shuffle_buffer=args.shuffle_buffer),
+        data=DataSection(
+            num_workers=args.workers, shuffle_buffer=args.shuffle_buffer, verify_shards=verify
+        ),
         augment=AugmentSection(mean=MEAN, std=STD),
         img_size=args.img_size,
     )
@@ -178,7 +184,10 @@ def main() -> None:
         )
 
         decoders = ["same", "pil"] if args.baseline_decoder == "both" else [args.baseline_decoder]
-        runs = {"shards": lambda e: run_shards(shards, args, e)}
+        runs = {
+            "shards": lambda e: run_shards(shards, args, e),
+            "shards[verify]": lambda e: run_shards(shards, args, e, verify="always"),
+        }
         for dec in decoders:
             runs[f"imagefolder[{dec}]"] = lambda e, d=dec: run_imagefolder(folder, args, d)
         results: dict[str, list[float]] = {name: [] for name in runs}
@@ -192,6 +201,10 @@ def main() -> None:
         print()
         for name, value in medians.items():
             print(f"median {name:20s} {value:8.1f} images/s")
+        print(
+            "ratio shards[verify] / shards (sha256 of every shard before use, the first "
+            f"epoch's cost): {medians['shards[verify]'] / medians['shards']:.3f}x"
+        )
         for dec in decoders:
             base = medians[f"imagefolder[{dec}]"]
             decoder = "same decoder" if dec == "same" else "PIL, torchvision's default"

@@ -9,6 +9,11 @@ upload left is removed, and a commit marker, not the file's presence, says it is
 S3: the endpoint comes from `AWS_ENDPOINT_URL` (pyarrow reads it) or from the URI's query
 (`s3://bucket/prefix?endpoint_override=host:port`); credentials only from the process's own
 environment or instance role (pyarrow's default AWS credential chain).
+
+Reads of data a user pointed us at (source images, shards) go through `open_regular` /
+`read_regular`: regular files only (a FIFO would block forever, `/dev/zero` never ends), under a
+size cap, and, when a root is given, only where the resolved path stays inside that root (a
+symlink out of a shard or image directory is refused). Refusals raise `RefusedFile` with a reason.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +51,14 @@ class Entry:
     name: str
     size: int
     is_dir: bool
+
+
+class RefusedFile(DataError):
+    """A path we will not read: `reason` is 'not_regular_file', 'outside_root' or 'too_large'."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,46 @@ class Location:
 
     def open_read(self):
         return self.fs.open_input_file(self.path)
+
+    def open_regular(self, within: Location | None = None):
+        """A binary reader of this path if it is a regular file (inside `within`, resolved).
+
+        Raises FileNotFoundError, or `RefusedFile` for FIFOs, devices, sockets, directories and
+        paths whose symlinks lead out of `within`. Never blocks on a FIFO.
+        """
+        if not self.is_local:
+            info = self.fs.get_file_info(self.path)
+            if info.type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"{self.uri} does not exist")
+            if info.type != pafs.FileType.File:
+                raise RefusedFile("not_regular_file", f"{self.uri} is not a regular file")
+            return self.fs.open_input_file(self.path)
+        if within is not None and not _inside(self.path, within.path):
+            raise RefusedFile(
+                "outside_root", f"{self.uri} resolves to a path outside {within.uri} (a symlink)"
+            )
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting forever.
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                kind = _file_kind(mode)
+                raise RefusedFile("not_regular_file", f"{self.uri} is a {kind}, not a regular file")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read_regular(self, max_bytes: int, within: Location | None = None) -> bytes:
+        """The whole file, if `open_regular` accepts it and it holds at most `max_bytes`."""
+        with self.open_regular(within) as handle:
+            size = os.fstat(handle.fileno()).st_size if self.is_local else handle.size()
+            if size > max_bytes:
+                raise RefusedFile("too_large", f"{self.uri} holds {size} bytes, over {max_bytes}")
+            data = handle.read(max_bytes + 1)  # the file may have grown since
+        if len(data) > max_bytes:
+            raise RefusedFile("too_large", f"{self.uri} holds over {max_bytes} bytes")
+        return data
 
     def makedirs(self) -> None:
         self.fs.create_dir(self.path, recursive=True)
@@ -183,6 +237,24 @@ class _AtomicWriter:
             fs.move(self._tmp, self._target.path)
         elif fs.get_file_info(self._tmp).type != pafs.FileType.NotFound:
             fs.delete_file(self._tmp)
+
+
+def _inside(path: str, root: str) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def locate(uri: str) -> Location:

@@ -132,28 +132,35 @@ def make_loader(
     img_size: int = 16,
     max_skip_fraction: float = 0.0,
     decode_on=None,
+    verify_shards: str = "first_epoch",
     **augment: object,
 ):
-    """A ShardLoader with test-sized defaults (imported lazily to keep this module light)."""
-    from pipelines.config.data import AugmentSection, DataSection
+    """A ShardLoader with test-sized defaults, built as every call site builds one
+    (`ShardLoader.from_config`); imported lazily to keep this module light."""
+    from pipelines.config import config_from_dict
     from pipelines.data.loader import ShardLoader
+    from pipelines.distributed import DistContext
 
-    data = DataSection(
-        num_workers=num_workers,
-        shuffle_buffer=shuffle_buffer,
-        max_skip_fraction=max_skip_fraction,
-        prefetch_factor=2,
+    config = config_from_dict(
+        {
+            "data": {
+                "train_shards": str(root),
+                "num_workers": num_workers,
+                "shuffle_buffer": shuffle_buffer,
+                "max_skip_fraction": max_skip_fraction,
+                "prefetch_factor": 2,
+                "verify_shards": verify_shards,
+            },
+            "augment": augment,
+            "train": {
+                "micro_batch_size": micro_batch_size,
+                "global_batch_size": micro_batch_size * world_size,
+                "seed": seed,
+            },
+            "cluster": {"num_workers": world_size},
+        }
     )
-    return ShardLoader(
-        str(root),
-        split,
-        rank=rank,
-        world_size=world_size,
-        micro_batch_size=micro_batch_size,
-        seed=seed,
-        data=data,
-        augment=AugmentSection(**augment),
-        img_size=img_size,
-        train=train,
-        decode_on=decode_on,
+    ctx = DistContext(rank=rank, world_size=world_size)
+    return ShardLoader.from_config(
+        config, ctx, split, train=train, img_size=img_size, decode_on=decode_on
     )

@@ -70,14 +70,11 @@ def run_eval_job(
             run.summary.update(
                 fewshot_on_shards(
                     model,
+                    config,
                     config.data.fewshot_shards or config.data.train_shards,
                     ctx=DistContext(device=eval_device(config).type),
-                    data=config.data,
-                    augment=config.augment,
                     img_size=model.config.img_size,
                     shots=fewshot,
-                    seed=config.train.seed,
-                    micro_batch_size=config.train.micro_batch_size,
                 )
             )
     return run.summary

@@ -12,21 +12,21 @@ that are not what it says.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from launch.ray_cluster import ray_session
+from launch.ray_tasks import run_bounded, task_progress
 from launch.stages.lifecycle import stage_run
+from launch.stages.shard_index import format_index_summary, index_shards
 from pipelines.config import JobConfig, ShardSection
 from pipelines.data import shard_set
 from pipelines.data.manifest import MANIFEST_NAME
 from pipelines.data.rejects import count_reasons
 from pipelines.data.shard_writer import ShardJob, ShardResult, write_shard
 from pipelines.data.write_plan import ShardTask
-from pipelines.errors import ConfigError, DataError, VitpipeError
+from pipelines.errors import ConfigError
 from pipelines.storage import locate
 from pipelines.tracking.run_params import run_params
 
@@ -50,7 +50,10 @@ def run_shard(
         parent_run_id=parent_run_id,
         params=run_params({"shard": section.model_dump(mode="json")}, stage="shard"),
     ) as run:
-        run.summary.update(_write_shards(config, section, progress))
+        if section.source.kind == "webdataset":  # index users' own shards in place
+            run.summary.update(index_shards(config, progress))
+        else:
+            run.summary.update(_write_shards(config, section, progress))
         if run.run_dir.is_local:
             run.artifacts.append(Path(run.run_dir.join(MANIFEST_NAME).path))
     return run.summary
@@ -91,6 +94,8 @@ def _write_shards(config: JobConfig, section: ShardSection, progress: bool) -> d
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The one line `vitpipe shard` prints at the end."""
+    if summary.get("mode") == "index":
+        return format_index_summary(summary)
     splits = ", ".join(f"{k} {v['num_samples']}" for k, v in summary["splits"].items())
     return (
         f"shard: {summary['num_samples']} samples ({splits}) in {summary['num_shards']} shards, "
@@ -104,78 +109,19 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _run_tasks(
     job: ShardJob, tasks: Sequence[ShardTask], num_workers: int, show_progress: bool
 ) -> list[ShardResult]:
-    import ray
-    from ray.exceptions import RayTaskError
-
-    remote = ray.remote(num_cpus=1)(write_shard)
-    job_ref = ray.put(job)
-    queue = deque(tasks)
-    pending: dict[Any, ShardTask] = {}
-    results: list[ShardResult] = []
-    total_samples = sum(len(t.refs) for t in tasks)
-    with _progress(show_progress, len(tasks), total_samples) as advance:
-        try:
-            while queue or pending:
-                while queue and len(pending) < num_workers:
-                    task = queue.popleft()
-                    pending[remote.remote(job_ref, task)] = task
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    task = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except RayTaskError as err:
-                        cause = getattr(err, "cause", None)
-                        if isinstance(cause, VitpipeError):
-                            raise cause from None
-                        raise DataError(
-                            f"writing {task.name} failed: {type(cause).__name__}: {cause}"
-                        ) from None
-                    results.append(result)
-                    advance(result, len(task.refs))
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref)
-            raise
-    order = {(t.split, t.number): i for i, t in enumerate(tasks)}
-    return sorted(results, key=lambda r: order[(r.split, r.number)])
-
-
-@contextmanager
-def _progress(enabled: bool, num_shards: int, num_samples: int) -> Iterator[Any]:
-    """A rich progress bar on stderr; yields `advance(result, planned_samples)`."""
-    if not enabled:
-        yield lambda result, planned: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("[bold]shard[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("shards  {task.fields[images]} images  {task.fields[skipped]} skipped"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    bar = progress.add_task("shard", total=num_shards, images=0, skipped=0)
-    counts = {"images": 0, "skipped": 0}
-
-    def advance(result: ShardResult, planned: int) -> None:
-        counts["images"] += planned
-        counts["skipped"] += int(result.skipped)
-        progress.update(bar, advance=1, images=counts["images"], skipped=counts["skipped"])
-
-    with progress:
-        yield advance
+    counters = {"images": 0, "skipped": 0}
+    text = "shards  {task.fields[images]} images  {task.fields[skipped]} skipped"
+    with task_progress(show_progress, "shard", len(tasks), counters, text) as advance:
+        return run_bounded(
+            write_shard,
+            job,
+            tasks,
+            num_workers=num_workers,
+            what=lambda task: f"writing {task.name}",
+            on_result=lambda task, result: advance(
+                images=len(task.refs), skipped=int(result.skipped)
+            ),
+        )
 
 
 def ensure_shards(

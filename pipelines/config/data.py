@@ -7,9 +7,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipelines.config.base import Section
+from pipelines.data.labels import LABEL_KEY_PATTERN
 from pipelines.errors import ConfigError
 
-SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits"]
+SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits", "webdataset"]
 _KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")
 
 
@@ -27,11 +28,39 @@ class SourceSection(Section):
         True, description="fractal: a random flip and quarter turn per image"
     )
     seed: int = 0
+    max_file_bytes: int = Field(
+        512 * 2**20, ge=1, description="larger input files are rejected as too_large"
+    )
+    urls: str | list[str] | None = Field(
+        None,
+        description="webdataset: the train shards, indexed in place: a brace pattern "
+        "('/data/in1k/train-{0000..1023}.tar'), a directory of .tar files, or URIs",
+    )
+    val_urls: str | list[str] | None = Field(
+        None, description="webdataset: the val shards (else shard.val_fraction of whole shards)"
+    )
+    label_key: str = Field(
+        "cls",
+        pattern=LABEL_KEY_PATTERN,
+        description="webdataset: 'cls' (the .cls member) or 'json:<field>' (a .json field)",
+    )
+    classes_file: str | None = Field(
+        None, description="webdataset: class names, one per line; line i names class i"
+    )
 
     @model_validator(mode="after")
     def _check_path(self) -> SourceSection:
         if self.kind in _KINDS_WITH_PATH and not self.path:
             raise ValueError(f"shard.source.path is required for kind {self.kind!r}")
+        if self.kind == "webdataset" and not self.urls:
+            raise ValueError(
+                "shard.source.urls is required for kind 'webdataset' (a brace pattern such as "
+                "'/data/in1k/train-{0000..1023}.tar', a directory, or a list of URIs)"
+            )
+        if self.kind != "webdataset":
+            for name in ("urls", "val_urls", "classes_file"):
+                if getattr(self, name):
+                    raise ValueError(f"shard.source.{name} is only for kind 'webdataset'")
         return self
 
 
@@ -68,6 +97,17 @@ class DataSection(Section):
     )
     max_pixels: int = Field(
         89_478_485, ge=1, description="larger images are skipped before they are decoded"
+    )
+    max_member_bytes: int = Field(
+        512 * 2**20,
+        ge=1,
+        description="a tar member claiming more ends its shard's reading (a corrupt or hostile "
+        "header is never read whole)",
+    )
+    verify_shards: Literal["first_epoch", "always", "never"] = Field(
+        "first_epoch",
+        description="check each shard's sha256 against the manifest before using its samples: "
+        "in the first epoch a loader runs, in every epoch, or never",
     )
 
     def require_train_shards(self) -> str:

@@ -1,21 +1,34 @@
 """`manifest.json`: the one description of a shard set that training reads (it never globs).
 
-Shard names are checked on read: a manifest is data, and a name like `pipe:curl ...`,
-`../../etc` or an absolute path must never turn into a command or a read outside the set.
+Format 1 (what `vitpipe shard` writes): the shards sit next to the manifest. Format 2 (what
+indexing users' own WebDataset shards writes, `shard.source.kind: webdataset`): each split names
+its `shards_root` (a path, relative to the manifest's folder or absolute, or a URI), shards may
+list `skip`, the indices of tar samples that are not part of the set (no image or no label), and
+`label_key` says where a sample's label is (`cls`, or `json:<field>`). Both load.
+
+A manifest is data. It is validated strictly (pydantic) before anything is sized from it, with a
+one-line `DataError`: unknown fields in shard entries, wrong types, negative or impossible counts
+(a sample takes at least one 512-byte tar header, so `samples` can never exceed `bytes // 512`),
+duplicate shard names, and names like `pipe:curl ...`, `../../etc` or an absolute path, which
+must never turn into a command or a read outside the set.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.errors import DataError
 from pipelines.storage import Location, locate
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what `vitpipe shard` writes
+INDEX_FORMAT_VERSION = 2  # what indexing foreign WebDataset shards writes
 MANIFEST_NAME = "manifest.json"
+TAR_BLOCK = 512  # every tar member starts with a header block of this size
 _SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*\.tar$")
 
 
@@ -25,11 +38,24 @@ class ShardInfo:
     samples: int
     bytes: int
     sha256: str
+    skip: tuple[int, ...] = ()  # tar sample indices that are not in the set (format 2)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "samples": self.samples,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+        if self.skip:
+            out["skip"] = list(self.skip)
+        return out
 
 
 @dataclass(frozen=True)
 class SplitInfo:
     shards: tuple[ShardInfo, ...]
+    root: str | None = None  # format 2: where the shards are; None: the manifest's folder
 
     @property
     def num_samples(self) -> int:
@@ -47,6 +73,7 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    label_key: str = "cls"
 
     @property
     def num_classes(self) -> int:
@@ -59,18 +86,30 @@ class Manifest:
             )
         return self.splits[name]
 
+    def shards_root(self, manifest_dir: Location, split: str) -> Location:
+        """Where split `split`'s shard files are: the manifest's folder unless it names one."""
+        root = self.split(split).root
+        if root is None:
+            return manifest_dir
+        if "://" in root or root.startswith("/"):
+            return locate(root)
+        return manifest_dir.join(root)
+
     def to_json(self) -> dict[str, Any]:
-        splits = {
-            name: {
-                "num_samples": info.num_samples,
-                "num_bytes": info.num_bytes,
-                "shards": [asdict(s) for s in info.shards],
-            }
-            for name, info in self.splits.items()
-        }
+        splits = {}
+        for name, info in self.splits.items():
+            entry: dict[str, Any] = {}
+            if info.root is not None:
+                entry["shards_root"] = info.root
+            entry["num_samples"] = info.num_samples
+            entry["num_bytes"] = info.num_bytes
+            entry["shards"] = [s.as_json() for s in info.shards]
+            splits[name] = entry
+        head: dict[str, Any] = {"format_version": self.format_version, "source": self.source}
+        if self.format_version >= INDEX_FORMAT_VERSION:
+            head["label_key"] = self.label_key
         return {
-            "format_version": self.format_version,
-            "source": self.source,
+            **head,
             "classes": list(self.classes),
             "splits": splits,
             "totals": {
@@ -102,40 +141,120 @@ def read_manifest(root: str | Location) -> Manifest:
     return manifest_from_json(data, where=path.uri)
 
 
-def manifest_from_json(data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
+# -- the schema ------------------------------------------------------------------------------
+
+
+class _Shard(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+    samples: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    skip: list[int] = []
+
+
+class _Split(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    shards: list[_Shard]
+    shards_root: str | None = Field(None, min_length=1)
+    num_samples: int | None = None
+    num_bytes: int | None = None
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    format_version: Literal[1, 2]
+    classes: list[str]
+    splits: dict[str, _Split]
+    source: dict[str, Any] = {}
+    totals: dict[str, Any] | None = None
+    label_key: str = Field("cls", pattern=r"^(cls|json:[A-Za-z0-9_][A-Za-z0-9_.\-]*)$")
+
+
+def _schema_error(where: str, err: ValidationError) -> DataError:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        given = repr(e.get("input"))
+        given = given if len(given) <= 60 else given[:57] + "..."
+        problems.append(f"{loc}: {e['msg']} (got {given})")
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return DataError(f"{where}: invalid manifest: {problems[0]}{more}")
+
+
+def manifest_from_json(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     if not isinstance(data, dict):
         raise DataError(f"{where}: expected a JSON object")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, INDEX_FORMAT_VERSION) or isinstance(version, bool):
         raise DataError(
-            f"{where}: format_version {version!r} is not supported; expected {FORMAT_VERSION}"
+            f"{where}: format_version {version!r} is not supported; expected "
+            f"{FORMAT_VERSION} or {INDEX_FORMAT_VERSION}"
         )
-    classes = data.get("classes")
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise DataError(f"{where}: 'classes' must be a list of class names")
-    splits: dict[str, SplitInfo] = {}
-    for split_name, split in (data.get("splits") or {}).items():
-        shards = []
-        for entry in split.get("shards", []):
-            try:
-                info = ShardInfo(
-                    name=str(entry["name"]),
-                    samples=int(entry["samples"]),
-                    bytes=int(entry["bytes"]),
-                    sha256=str(entry["sha256"]),
-                )
-            except (KeyError, TypeError, ValueError):
-                raise DataError(
-                    f"{where}: split {split_name!r} has a malformed shard entry {entry!r}"
-                ) from None
-            check_shard_name(info.name, where)
-            if info.samples < 0:
-                raise DataError(f"{where}: shard {info.name!r} has a negative sample count")
-            shards.append(info)
-        splits[str(split_name)] = SplitInfo(tuple(shards))
-    known = {"format_version", "source", "classes", "splits", "totals"}
+    try:
+        doc = _Document.model_validate(data)
+    except ValidationError as err:
+        raise _schema_error(where, err) from None
+    splits = {name: _split_info(name, split, doc, where) for name, split in doc.splits.items()}
+    _check_unique_names(splits, where)
+    for name, split in doc.splits.items():
+        _check_totals(name, split, splits[name], where)
+    known = set(_Document.model_fields)
     extra = {k: v for k, v in data.items() if k not in known}
-    return Manifest(tuple(classes), splits, data.get("source") or {}, extra, version)
+    return Manifest(
+        tuple(doc.classes), splits, doc.source, extra, doc.format_version, doc.label_key
+    )
+
+
+def _split_info(name: str, split: _Split, doc: _Document, where: str) -> SplitInfo:
+    if doc.format_version == FORMAT_VERSION and (split.shards_root or doc.label_key != "cls"):
+        raise DataError(
+            f"{where}: split {name!r}: shards_root and label_key need format_version "
+            f"{INDEX_FORMAT_VERSION}"
+        )
+    shards = []
+    for entry in split.shards:
+        check_shard_name(entry.name, where)
+        skip = tuple(entry.skip)
+        if doc.format_version == FORMAT_VERSION and skip:
+            raise DataError(f"{where}: shard {entry.name!r}: 'skip' needs format_version 2")
+        if list(skip) != sorted(set(skip)) or (skip and skip[0] < 0):
+            raise DataError(
+                f"{where}: shard {entry.name!r}: 'skip' must be increasing indices >= 0"
+            )
+        runs = entry.samples + len(skip)
+        if runs * TAR_BLOCK > entry.bytes:
+            raise DataError(
+                f"{where}: shard {entry.name!r} claims {runs} samples in {entry.bytes} bytes; "
+                f"a tar of that size holds at most {entry.bytes // TAR_BLOCK}"
+            )
+        shards.append(ShardInfo(entry.name, entry.samples, entry.bytes, entry.sha256, skip))
+    return SplitInfo(tuple(shards), split.shards_root)
+
+
+def _check_totals(name: str, split: _Split, info: SplitInfo, where: str) -> None:
+    for stated, actual, what in (
+        (split.num_samples, info.num_samples, "num_samples"),
+        (split.num_bytes, info.num_bytes, "num_bytes"),
+    ):
+        if stated is not None and stated != actual:
+            raise DataError(
+                f"{where}: split {name!r} says {what}={stated}, its shards add up to {actual}"
+            )
+
+
+def _check_unique_names(splits: dict[str, SplitInfo], where: str) -> None:
+    """A shard file belongs to one split, once: a repeat would train or validate on it twice."""
+    seen: dict[tuple[str | None, str], str] = {}
+    for split_name, info in splits.items():
+        for shard in info.shards:
+            place = (info.root, shard.name)
+            if place in seen:
+                raise DataError(
+                    f"{where}: shard {shard.name!r} is listed twice (splits {seen[place]!r} and "
+                    f"{split_name!r}); each shard may appear once"
+                )
+            seen[place] = split_name
 
 
 def check_shard_name(name: str, where: str = MANIFEST_NAME) -> None:

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pipelines.config import AugmentSection, DataSection
+from pipelines.config import JobConfig
+from pipelines.data.loader import ShardLoader
 from pipelines.distributed import DistContext
 from pipelines.evaluation.features import extract_features, gather_features
 from pipelines.evaluation.fewshot import fewshot_eval
@@ -17,33 +18,20 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 def fewshot_on_shards(
     features: FeatureFn | torch.nn.Module,
+    config: JobConfig,
     root: str,
     *,
     ctx: DistContext,
-    data: DataSection,
-    augment: AugmentSection,
     img_size: int,
     shots: Sequence[int],
-    seed: int = 0,
-    micro_batch_size: int = 64,
     train_split: str = "train",
     val_split: str = "val",
 ) -> dict[str, float]:
     """`{"fewshot/<k>shot_top1": ...}`, the same on every rank."""
-    from pipelines.data.loader import ShardLoader
 
     def loader(split: str) -> ShardLoader:
-        return ShardLoader(
-            root,
-            split,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            micro_batch_size=micro_batch_size,
-            seed=seed,
-            data=data,
-            augment=augment,
-            img_size=img_size,
-            train=False,
+        return ShardLoader.from_config(
+            config, ctx, split, train=False, img_size=img_size, root=root
         )
 
     train_loader = loader(train_split)
@@ -56,5 +44,5 @@ def fewshot_on_shards(
         val_y,
         shots=tuple(shots),
         num_classes=train_loader.manifest.num_classes,
-        seed=seed,
+        seed=config.train.seed,
     )

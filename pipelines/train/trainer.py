@@ -210,14 +210,11 @@ class Trainer:
             try:
                 self.last_fewshot = fewshot_on_shards(
                     self.engine.features,
+                    self.config,
                     self.config.data.fewshot_shards,
                     ctx=self.ctx,
-                    data=self.config.data,
-                    augment=self.config.augment,
                     img_size=self.architecture.img_size,
                     shots=train.fewshot_shots,
-                    seed=train.seed,
-                    micro_batch_size=train.micro_batch_size,
                 )
             finally:
                 self.engine.train(True)

@@ -1,8 +1,9 @@
 """Shards -> batches: a deterministic, resumable, corruption-tolerant training and eval loader.
 
-Modules, one job each: `plan` (who reads which sample in which order; pure), `tar_reader`
-(stream samples out of one tar, no-throw), `transforms` (decode + seeded augmentation),
-`dataset` (the per-worker IterableDataset), `shard_loader` (the rank's loader and its state).
+Modules, one job each: `read_plan` (who reads which sample in which order; pure), `tar_reader`
+(stream samples out of one tar, no-throw, webdataset's grouping rules), `shard_files` (links,
+sizes and sha256 of shard files), `transforms` (decode + seeded augmentation), `dataset` (the
+per-worker IterableDataset), `shard_loader` (the rank's loader), `loader_state` (its state).
 """
 
 from pipelines.data.loader.read_plan import (

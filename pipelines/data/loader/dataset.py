@@ -31,9 +31,9 @@ from pipelines.data.loader.crop_boxes import CropBox, eval_box, train_box
 from pipelines.data.loader.read_plan import (
     ConsumerPlan,
     EpochPlan,
-    derive_seed,
     worker_batches_before,
 )
+from pipelines.data.loader.shard_files import verify_shard
 from pipelines.data.loader.tar_reader import Missing, RawSample, read_shard
 from pipelines.data.loader.transforms import (
     BadSample,
@@ -45,6 +45,7 @@ from pipelines.data.loader.transforms import (
     train_transform,
 )
 from pipelines.errors import DataError
+from pipelines.seeds import derive_seed
 from pipelines.storage import Location
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class DatasetSpec:
     """Everything a worker needs; plain data so that it pickles under any start method."""
 
     shards: tuple[Location, ...]  # indexed like the manifest's shard list
+    root: Location  # every shard's resolved path must stay inside it
+    max_member_bytes: int  # a tar member claiming more ends its shard
     plan: EpochPlan
     rank: int
     start_position: int  # rank batches of this segment already consumed
@@ -79,6 +82,11 @@ class DatasetSpec:
     augment: AugmentSection
     # False: leave the pixels to the training process (data.decode_device); choose boxes only.
     decode_in_worker: bool = True
+    # (bytes, sha256) per shard: each is hashed before its samples are used; None: trusted.
+    expected: tuple[tuple[int, str], ...] | None = None
+    label_key: str = "cls"  # where a sample's label is (pipelines.data.labels)
+    classes: tuple[str, ...] = ()  # class names, for labels given as names
+    skips: tuple[tuple[int, ...], ...] = ()  # per shard: tar runs that are not samples
 
 
 @dataclass
@@ -134,6 +142,13 @@ class ConsumerStream:
         self.normalize = Normalize(spec.augment.mean, spec.augment.std)
         self.counts = {"samples": 0, "skipped": 0, "refilled": 0, "padded": 0}
         self._reserve: list[_Good] | None = None
+        self._verified: set[int] = set()
+        self._label_args = {
+            "num_classes": spec.num_classes,
+            "max_pixels": spec.max_pixels,
+            "label_key": spec.label_key,
+            "classes": {name: i for i, name in enumerate(spec.classes)},
+        }
 
     def batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
         """Batches start_batch.. of this consumer; a DataError becomes a final {'error': ...}."""
@@ -231,20 +246,23 @@ class ConsumerStream:
 
     def _read(self, positions: np.ndarray) -> Iterator[RawSample | Missing]:
         for shard, offsets in self.spec.plan.stream.group(positions):
-            for _, item in read_shard(self.spec.shards[shard], offsets.tolist()):
+            location = self.spec.shards[shard]
+            if self.spec.expected is not None and shard not in self._verified:
+                verify_shard(location, self.spec.root, *self.spec.expected[shard])
+                self._verified.add(shard)
+            spec = self.spec
+            skip = spec.skips[shard] if spec.skips else ()
+            wanted = offsets.tolist()
+            for _, item in read_shard(location, wanted, spec.root, spec.max_member_bytes, skip):
                 yield item
 
     def _decode(self, item: RawSample | Missing) -> _Good:
         if isinstance(item, Missing):
             raise BadSample(item.reason)
         if not self.spec.decode_in_worker:
-            data, size, label = parse_sample(
-                item, num_classes=self.spec.num_classes, max_pixels=self.spec.max_pixels
-            )
+            data, size, label = parse_sample(item, **self._label_args)
             return _Good(data, label, item.key, size)
-        image, label = decode_sample(
-            item, num_classes=self.spec.num_classes, max_pixels=self.spec.max_pixels
-        )
+        image, label = decode_sample(item, **self._label_args)
         return _Good(image, label, item.key)
 
     def _augment(self, image: torch.Tensor, position: int) -> torch.Tensor:

@@ -29,21 +29,16 @@ most one, and every consumer is padded to the same batch count with masked slots
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pipelines.data.manifest import ShardInfo
 from pipelines.errors import DataError
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any tuple of ints/strings, stable across processes and Python versions."""
-    text = "/".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+from pipelines.seeds import derive_seed
 
 
 @dataclass(frozen=True)
@@ -74,6 +69,25 @@ class Topology:
         return (
             f"world_size={self.world_size} x num_workers={self.num_workers} x "
             f"micro_batch_size={self.micro_batch_size} (shuffle_buffer={self.shuffle_buffer})"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """The fields as loader state stores them (JSON)."""
+        return {
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "micro_batch_size": self.micro_batch_size,
+            "shuffle_buffer": self.shuffle_buffer,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Topology:
+        """Inverse of `to_dict`; KeyError/TypeError/ValueError on a malformed dict."""
+        return cls(
+            int(d["world_size"]),
+            int(d["num_workers"]),
+            int(d["micro_batch_size"]),
+            int(d["shuffle_buffer"]),
         )
 
 

@@ -1,9 +1,8 @@
 """`ShardLoader`: the training/eval input of one rank, with a resumable (epoch, position) state.
 
-Usage in a training loop (every rank builds its own, with its own `rank`):
+Usage in a training loop (every rank builds its own, with its own `ctx.rank`):
 
-    loader = ShardLoader(root, "train", rank=r, world_size=w, micro_batch_size=b, seed=s,
-                         data=cfg.data, augment=cfg.augment, img_size=cfg.model.img_size)
+    loader = ShardLoader.from_config(config, ctx, "train", train=True, img_size=224)
     loader.load_state_dict(checkpoint["loader"])       # optional; logs describe_resume()
     while step < total_steps:
         for batch in loader:                            # the rest of the current epoch
@@ -14,40 +13,34 @@ The state is the same on every rank (ranks consume batches in lockstep), so rank
 saved once and loaded everywhere. `position` counts rank batches handed out, a batch counting as
 consumed as soon as it is yielded.
 
-Resuming
---------
-- Same topology (world size, workers, micro-batch, shuffle buffer): the loader yields exactly the
-  batches the uninterrupted run would have yielded next, bit for bit.
-- Different topology mid-epoch: the epoch is continued, not restarted. The samples the old
-  topology consumed are re-derived from the plan (a pure function), the remaining samples of the
-  epoch, in global order, are split evenly over the new consumers with the usual remainder rule,
-  and the next epoch uses the new topology from its start. No sample is repeated in the epoch;
-  the remainder of the re-split (fewer than new consumers x micro-batch samples) is dropped.
-  `describe_resume()` says which of the two happened, with the numbers, for the logs.
-The state must come from the same shard list (manifest fingerprint) and seed, else `DataError`.
+Resuming: bit-exact with the same topology, continued without repeats on a new one; see
+`loader_state` for the rules.
 
 Evaluation (`train=False`)
 --------------------------
 Every sample of the split exactly once across ranks, no shuffle, no drop; every rank yields the
 same number of batches (ZeRO-3 forwards are collectives), padded with `valid=False` slots.
 
+Shard verification
+------------------
+With `data.verify_shards: first_epoch` (the default) each consumer hashes every shard it opens,
+whole, and compares it with the manifest's bytes and sha256 before using any of its samples, until
+one epoch has run to its end in this process (a resumed run verifies again); `always` does so in
+every epoch, `never` trusts the files. A mismatch is a `DataError` naming the shard.
+
 Bad samples and counters
 ------------------------
 Undecodable images, missing members, truncated or missing shards are skipped, logged at most on
 the 1st, 2nd, 4th, 8th... skip of a worker, and, in training, refilled so that batch counts stay
 equal. More skips than `data.max_skip_fraction` of a consumer's planned samples is a `DataError`.
-`stats()` holds this rank's counters (each batch carries its worker's cumulative counts, since
-workers share no memory with the trainer); sum them over ranks for a global metric.
+`stats()` holds this rank's counters; sum them over ranks for a global metric.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import multiprocessing
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,9 +49,16 @@ from torch.utils.data import DataLoader
 
 from pipelines.config import JobConfig
 from pipelines.config.data import AugmentSection, DataSection
+from pipelines.data.loader.counters import LoaderCounters
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
 from pipelines.data.loader.device_decode import DeviceDecoder
 from pipelines.data.loader.device_prefetch import prefetched
+from pipelines.data.loader.loader_state import (
+    LoaderState,
+    decode_state,
+    encode_state,
+    split_fingerprint,
+)
 from pipelines.data.loader.read_plan import (
     EpochPlan,
     Segment,
@@ -66,22 +66,14 @@ from pipelines.data.loader.read_plan import (
     plan_eval,
     plan_train_epoch,
 )
-from pipelines.data.manifest import Manifest, SplitInfo, check_shard_name, read_manifest
+from pipelines.data.loader.shard_files import check_shard_files
+from pipelines.data.manifest import Manifest, check_shard_name, read_manifest
 from pipelines.distributed import DistContext
 from pipelines.errors import DataError
+from pipelines.seeds import derive_seed
 from pipelines.storage import Location, locate
 
 logger = logging.getLogger(__name__)
-
-STATE_VERSION = 1
-_COUNTERS = ("samples", "skipped", "refilled", "padded")
-
-
-def split_fingerprint(split: str, info: SplitInfo) -> str:
-    """A short hash of a split's shard list: names, sample counts and content hashes."""
-    shards = [[s.name, s.samples, s.sha256] for s in info.shards]
-    text = json.dumps({"split": split, "shards": shards}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class ShardLoader:
@@ -121,7 +113,10 @@ class ShardLoader:
         if not self.manifest.classes:
             raise DataError(f"{self.root.uri}: the manifest lists no classes")
         self._info = info
-        self._shards = tuple(self.root.join(s.name) for s in info.shards)
+        # Format 2 manifests (indexed WebDataset shards) keep their shards elsewhere.
+        self.shards_root = self.manifest.shards_root(self.root, split)
+        self._shards = tuple(self.shards_root.join(s.name) for s in info.shards)
+        check_shard_files(self.shards_root, self._shards, info.shards)
         self.rank = rank
         self.seed = seed
         self.train = train
@@ -136,15 +131,15 @@ class ShardLoader:
         self.topology = Topology(
             world_size, data.num_workers, micro_batch_size, data.shuffle_buffer if train else 0
         )
-        self.fingerprint = split_fingerprint(split, info)
+        self.fingerprint = split_fingerprint(split, info, self.manifest.label_key)
         self._epoch = 0
         self._position = 0
         self._history: tuple[Segment, ...] = ()
         self._plan_cache: tuple[tuple, EpochPlan] | None = None
-        self._totals: Counter[str] = Counter()
-        self._live: dict[int, dict[str, int]] = {}
+        self._counters = LoaderCounters()
         self._resume_note = "fresh start (no loader state loaded)"
         self._decoder: DeviceDecoder | None = None
+        self._epochs_run = 0  # epochs (or rests of epochs) run to their end
         self._plan()  # an impossible plan fails here, before any process starts
 
     @classmethod
@@ -156,12 +151,17 @@ class ShardLoader:
         *,
         train: bool,
         img_size: int,
-        root: str | None = None,
+        root: str | Location | None = None,
+        manifest: Manifest | None = None,
         device: torch.device | None = None,
         decode_on: torch.device | None = None,
     ) -> ShardLoader:
-        """The one way the pipeline builds a loader: this rank's share of `split` of `root`
-        (default: `data.train_shards`), batched and augmented as the job config says."""
+        """The loader of rank `ctx.rank` of `ctx.world_size` for `split` of `root`.
+
+        Every call site (the trainer's train and val loaders, the few-shot probe, the eval stage)
+        builds its loader here: `root` defaults to `data.train_shards`; micro-batch and seed come
+        from `train:`, workers, buffers and verification from `data:`, crops from `augment:`.
+        """
         return cls(
             root or config.data.require_train_shards(),
             split,
@@ -173,6 +173,7 @@ class ShardLoader:
             augment=config.augment,
             img_size=img_size,
             train=train,
+            manifest=manifest,
             device=device,
             decode_on=decode_on,
         )
@@ -243,6 +244,8 @@ class ShardLoader:
     def _run(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
         spec = DatasetSpec(
             shards=self._shards,
+            root=self.shards_root,
+            max_member_bytes=self.data.max_member_bytes,
             plan=plan,
             rank=self.rank,
             start_position=self._position,
@@ -252,6 +255,10 @@ class ShardLoader:
             img_size=self.img_size,
             augment=self.augment,
             decode_in_worker=self.decode_on is None,
+            expected=self._expected() if self._verify_next_run() else None,
+            label_key=self.manifest.label_key,
+            classes=self.manifest.classes,
+            skips=tuple(s.skip for s in self._info.shards),
         )
         workers = self.data.num_workers
         pin = (
@@ -270,9 +277,9 @@ class ShardLoader:
             else None,
             # Its own generator: creating the iterator must not draw from torch's global RNG,
             # or a resumed run's dropout/drop-path stream would shift against the original.
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(derive_seed("dataloader", self.seed)),
         )
-        self._fold_live()
+        self._counters.fold()
         batches = self._checked(loader)
         if self.decode_on is not None:
             batches = map(self._device_decoder(), batches)
@@ -284,8 +291,18 @@ class ShardLoader:
                 # at the first batch the step has not seen.
                 self._position += 1
                 yield batch
+            self._epochs_run += 1
         finally:
-            self._fold_live()
+            self._counters.fold()
+
+    def _verify_next_run(self) -> bool:
+        """data.verify_shards: 'first_epoch' hashes the shards until one epoch (or the rest of a
+        resumed one) has run to its end in this process, 'always' in every epoch."""
+        mode = self.data.verify_shards
+        return mode == "always" or (mode == "first_epoch" and not self._epochs_run)
+
+    def _expected(self) -> tuple[tuple[int, str], ...]:
+        return tuple((s.bytes, s.sha256) for s in self._info.shards)
 
     def _device_decoder(self) -> DeviceDecoder:
         if self._decoder is None:
@@ -298,31 +315,12 @@ class ShardLoader:
         for batch in loader:
             if "error" in batch:
                 raise DataError(batch["error"])
-            stats = batch.pop("stats")
-            self._live[stats.pop("consumer")] = stats
+            self._counters.update(batch.pop("stats"))
             yield batch
-
-    # -- counters ----------------------------------------------------------------------------
-
-    def _fold_live(self) -> None:
-        for counts in self._live.values():
-            self._totals.update(counts)
-        self._live = {}
 
     def stats(self) -> dict[str, int | float]:
         """This rank's counters since construction: samples read, skipped, refilled, padded."""
-        totals = Counter(self._totals)
-        for counts in self._live.values():
-            totals.update(counts)
-        if self._decoder is not None:  # read by a worker, then undecodable on the device
-            totals["skipped"] += self._decoder.failed
-            totals["samples"] -= self._decoder.failed
-        out: dict[str, int | float] = {
-            f"samples_{k}" if k != "samples" else k: totals[k] for k in _COUNTERS
-        }
-        attempted = totals["samples"] + totals["skipped"]
-        out["skip_fraction"] = totals["skipped"] / attempted if attempted else 0.0
-        return out
+        return self._counters.stats(self._decoder.failed if self._decoder is not None else 0)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -331,45 +329,22 @@ class ShardLoader:
         epoch, position, history = self._epoch, self._position, self._history
         if position >= self._plan().batches_per_rank:  # the epoch is done: point at the next
             epoch, position, history = epoch + 1, 0, ()
-        return {
-            "version": STATE_VERSION,
-            "split": self.split,
-            "manifest_fingerprint": self.fingerprint,
-            "seed": self.seed,
-            "epoch": epoch,
-            "position": position,
-            **_topology_fields(self.topology),
-            "history": [
-                {**_topology_fields(seg.topology), "position": seg.position} for seg in history
-            ],
-        }
+        return encode_state(
+            LoaderState(
+                self.split, self.fingerprint, self.seed, epoch, position, self.topology, history
+            )
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`; see the module docstring for what a topology change does."""
-        try:
-            version = state["version"]
-            old = _topology_from(state)
-            epoch, position = int(state["epoch"]), int(state["position"])
-            history = tuple(
-                Segment(_topology_from(h), int(h["position"])) for h in state["history"]
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise DataError(f"loader state is malformed ({err!r}): {state!r}") from None
-        if version != STATE_VERSION:
-            raise DataError(f"loader state version {version!r} is not {STATE_VERSION}")
-        if state["manifest_fingerprint"] != self.fingerprint or state["split"] != self.split:
-            raise DataError(
-                f"loader state belongs to split {state['split']!r} with shard-list fingerprint "
-                f"{state['manifest_fingerprint']}, but {self.root.uri} split {self.split!r} has "
-                f"{self.fingerprint}; resume with the shard set the checkpoint was trained on"
-            )
-        if state["seed"] != self.seed:
-            raise DataError(
-                f"loader state was written with seed {state['seed']}, this loader has seed "
-                f"{self.seed}; resume with the same train.seed"
-            )
-        if epoch < 0 or position < 0:
-            raise DataError(f"loader state has a negative epoch or position: {state!r}")
+        saved = decode_state(
+            state,
+            split=self.split,
+            fingerprint=self.fingerprint,
+            seed=self.seed,
+            where=self.root.uri,
+        )
+        old, epoch, position, history = saved.topology, saved.epoch, saved.position, saved.history
         if not self.train:
             same = old == self.topology
             self._epoch, self._position, self._history = epoch, position if same else 0, ()
@@ -404,24 +379,6 @@ class ShardLoader:
     def describe_resume(self) -> str:
         """One line for the logs: what the last load_state_dict did."""
         return self._resume_note
-
-
-def _topology_fields(topo: Topology) -> dict[str, int]:
-    return {
-        "world_size": topo.world_size,
-        "num_workers": topo.num_workers,
-        "micro_batch_size": topo.micro_batch_size,
-        "shuffle_buffer": topo.shuffle_buffer,
-    }
-
-
-def _topology_from(d: dict[str, Any]) -> Topology:
-    return Topology(
-        int(d["world_size"]),
-        int(d["num_workers"]),
-        int(d["micro_batch_size"]),
-        int(d["shuffle_buffer"]),
-    )
 
 
 @functools.cache

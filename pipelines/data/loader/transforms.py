@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,9 +32,9 @@ except ImportError:  # pragma: no cover - depends on the torchvision version
     decode_image = None
 
 from pipelines.config.data import AugmentSection
+from pipelines.data.labels import IMAGE_EXTENSIONS, LabelError, image_field, label_index, raw_label
 from pipelines.data.loader.tar_reader import RawSample
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -42,9 +42,18 @@ class BadSample(Exception):
     """A sample that cannot be used; the message says why (never raised out of the loader)."""
 
 
-def decode_sample(raw: RawSample, *, num_classes: int, max_pixels: int) -> tuple[torch.Tensor, int]:
+def decode_sample(
+    raw: RawSample,
+    *,
+    num_classes: int,
+    max_pixels: int,
+    label_key: str = "cls",
+    classes: Mapping[str, int] | None = None,
+) -> tuple[torch.Tensor, int]:
     """RawSample -> (uint8 RGB image (3, H, W), label); raises BadSample with the reason."""
-    data, _, label = parse_sample(raw, num_classes=num_classes, max_pixels=max_pixels)
+    data, _, label = parse_sample(
+        raw, num_classes=num_classes, max_pixels=max_pixels, label_key=label_key, classes=classes
+    )
     try:
         return _decode_rgb(data), label
     except Exception as err:  # PIL and libjpeg/libpng raise many types on garbage bytes.
@@ -52,20 +61,22 @@ def decode_sample(raw: RawSample, *, num_classes: int, max_pixels: int) -> tuple
 
 
 def parse_sample(
-    raw: RawSample, *, num_classes: int, max_pixels: int
+    raw: RawSample,
+    *,
+    num_classes: int,
+    max_pixels: int,
+    label_key: str = "cls",
+    classes: Mapping[str, int] | None = None,
 ) -> tuple[bytes, tuple[int, int], int]:
     """RawSample -> (encoded image, (width, height), label) from the header alone; raises
-    BadSample with the reason."""
-    cls = raw.fields.get("cls")
-    if cls is None:
-        raise BadSample("no .cls member")
+    BadSample with the reason. The label follows `pipelines.data.labels` (`label_key`, and
+    `classes` mapping class names to indices for string labels)."""
     try:
-        label = int(cls.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        raise BadSample(f".cls is not an integer: {cls[:20]!r}") from None
-    if not 0 <= label < num_classes:
-        raise BadSample(f"label {label} is outside 0..{num_classes - 1}")
-    data = next((raw.fields[e] for e in IMAGE_EXTENSIONS if e in raw.fields), None)
+        label = label_index(raw_label(raw.fields, label_key), classes or {}, num_classes)
+    except LabelError as err:
+        raise BadSample(str(err)) from None
+    ext = image_field(raw.fields)
+    data = raw.fields[ext] if ext is not None else None
     if data is None:
         raise BadSample(f"no image member (one of {', '.join(IMAGE_EXTENSIONS)})")
     try:

@@ -19,17 +19,23 @@ def build_source(section: SourceSection) -> Source:
     if section.kind == "imagefolder":
         from pipelines.data.sources.imagefolder import ImageFolderSource
 
-        return ImageFolderSource(section.path)
+        return ImageFolderSource(section.path, section.max_file_bytes)
     if section.kind == "parquet":
         from pipelines.data.sources.parquet import ParquetSource
 
         return ParquetSource(
-            section.path, section.image_column, section.label_column, section.path_column
+            section.path,
+            section.image_column,
+            section.label_column,
+            section.path_column,
+            section.max_file_bytes,
         )
     if section.kind == "csv":
         from pipelines.data.sources.csvfile import CsvSource
 
-        return CsvSource(section.path, section.path_column, section.label_column)
+        return CsvSource(
+            section.path, section.path_column, section.label_column, section.max_file_bytes
+        )
     if section.kind == "digits":
         from pipelines.data.sources.digits import DigitsSource
 

@@ -26,9 +26,15 @@ REJECT_REASONS = (
     "not_an_image",
     "label_missing",
     "label_out_of_range",
+    "label_invalid",
     "too_many_pixels",
     "file_missing",
     "unreadable",
+    "not_regular_file",  # a FIFO, device, socket or symlinked directory
+    "outside_root",  # a symlink that leads out of the source's root
+    "too_large",  # over shard.source.max_file_bytes
+    "no_image",  # a WebDataset sample without an image member
+    "truncated_shard",  # the unreadable tail of a WebDataset shard
 )
 MAX_KEY_LENGTH = 80  # tar member names (key + extension) must fit USTAR's 100 bytes
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_\-]")

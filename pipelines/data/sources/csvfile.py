@@ -1,5 +1,6 @@
 """A CSV listing `path,label` (column names configurable). Relative paths are relative to the
-CSV's folder; absolute paths and URIs are used as they are.
+CSV's folder; absolute paths and URIs are used as they are. Only regular files up to
+`shard.source.max_file_bytes` are read (a FIFO or `/dev/zero` is a reject, not a hang).
 
 Labels: when every non-empty label is an integer they are class indices and the classes are
 `str(i)` for 0..max; otherwise every label is a class name and the classes are the sorted names.
@@ -31,8 +32,11 @@ from pipelines.storage import locate
 class CsvSource(Source):
     kind = "csv"
 
-    def __init__(self, path: str, path_column: str, label_column: str):
+    def __init__(
+        self, path: str, path_column: str, label_column: str, max_file_bytes: int = 512 * 2**20
+    ):
         self.path = path
+        self.max_file_bytes = max_file_bytes
         self.uri = locate(path).uri
         self.path_column = path_column
         self.label_column = label_column
@@ -106,7 +110,8 @@ class CsvSource(Source):
         for ref in refs:
             path = ref.locator
             absolute = "://" in path or path.startswith("/")
-            yield ref, read_item(locate(path if absolute else f"{base}/{path}"), ref)
+            target = locate(path if absolute else f"{base}/{path}")
+            yield ref, read_item(target, ref, self.max_file_bytes)
 
 
 def _is_int(text: str) -> bool:

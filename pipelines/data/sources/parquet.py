@@ -43,8 +43,16 @@ _Row = tuple[str, Location, int, int, int, Any]
 class ParquetSource(Source):
     kind = "parquet"
 
-    def __init__(self, path: str, image_column: str, label_column: str, path_column: str):
+    def __init__(
+        self,
+        path: str,
+        image_column: str,
+        label_column: str,
+        path_column: str,
+        max_file_bytes: int = 512 * 2**20,
+    ):
         self.path = path
+        self.max_file_bytes = max_file_bytes
         self.uri = locate(path).uri
         self.image_column = image_column
         self.label_column = label_column
@@ -172,15 +180,18 @@ class ParquetSource(Source):
         else:
             data, path = None, value
         if data is not None:
+            if len(data) > self.max_file_bytes:
+                detail = f"{len(data)} image bytes, over shard.source.max_file_bytes"
+                return Rejected(ref.source_id, "too_large", detail, ref.key)
             return bytes(data)
         if not path:
             return Rejected(
                 ref.source_id, "zero_bytes", "image has neither bytes nor path", ref.key
             )
         if "://" in path or path.startswith("/"):
-            return read_item(locate(path), ref)
+            return read_item(locate(path), ref, self.max_file_bytes)
         parent = locate(ref.locator[0]).uri.rsplit("/", 1)[0]
-        return read_item(locate(f"{parent}/{path}"), ref)
+        return read_item(locate(f"{parent}/{path}"), ref, self.max_file_bytes)
 
 
 def _class_label_names(schema: pa.Schema, label_column: str) -> tuple[str, ...] | None:
