@@ -25,10 +25,11 @@ from vit_core import (
     list_models,
     load_hf_dir,
     model_config,
-    timm_kwargs,
     to_hf,
     to_timm,
 )
+
+from timm_fixtures import timm_model
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -60,42 +61,6 @@ def randomize(model: nn.Module) -> nn.Module:
 def images(cfg: ViTConfig) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
-
-
-def timm_model(cfg: ViTConfig) -> nn.Module:
-    """timm's model of `cfg`: ViT, hybrid ViT (its ResNetV2 built as timm's hybrids build it),
-    or VisionTransformerDistilled."""
-    from timm.layers import GroupNormAct, HybridEmbed, StdConv2dSame
-    from timm.models.deit import VisionTransformerDistilled
-    from timm.models.resnetv2 import ResNetV2, create_resnetv2_stem
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-
-    kwargs = timm_kwargs(cfg)
-    if cfg.backbone is not None:
-        b = cfg.backbone
-        layers = {
-            "conv_layer": functools.partial(StdConv2dSame, eps=1e-8),
-            "norm_layer": functools.partial(GroupNormAct, num_groups=b.num_groups),
-        }
-        if b.layers:
-            backbone = ResNetV2(
-                layers=b.layers,
-                channels=b.stage_widths,
-                stem_chs=b.stem_width,
-                num_classes=0,
-                global_pool="",
-                in_chans=cfg.in_chans,
-                preact=False,
-                stem_type="same",
-                **layers,
-            )
-        else:
-            backbone = create_resnetv2_stem(
-                cfg.in_chans, b.stem_width, stem_type="same", preact=False, **layers
-            )
-        kwargs["embed_layer"] = functools.partial(HybridEmbed, backbone=backbone)
-    cls = VisionTransformerDistilled if cfg.distilled else TimmViT
-    return cls(**kwargs)
 
 
 def reduced(name: str) -> ViTConfig:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pipelines.config import JobConfig
+from pipelines.config.model import architecture_changes
 from pipelines.data.manifest import Manifest, read_manifest
 from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
@@ -306,19 +307,19 @@ def _resume_checkpoint(request: TrainRequest, ctx: DistContext) -> ckpt.Checkpoi
 
 
 def _check_same_model(found: ckpt.Checkpoint, config: JobConfig) -> None:
-    saved = found.meta.get("model_section")
-    current = config.model.model_dump(mode="json")
-    if saved is None or saved == current:
+    """The architecture must be the one the checkpoint was trained with (its ViTConfig; how the
+    model runs, e.g. grad_checkpointing, may change). Fine-tuning builds from --from instead."""
+    saved = found.meta.get("vit_config")
+    if saved is None or config.finetune is not None or found.meta.get("stage") == "finetune":
         return
-    diff = ", ".join(
-        f"model.{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-        for k in sorted(set(saved) | set(current))
-        if saved.get(k) != current.get(k)
-    )
-    raise CheckpointError(
-        f"checkpoint {found.path} was trained with a different model ({diff}); restore the model "
-        "section, or start a new run with --run-dir or --resume never"
-    )
+    num_classes = config.model.num_classes or int(found.meta.get("num_classes") or 1)
+    current = config.model.vit_config(num_classes, loss=config.train.loss)
+    diff = architecture_changes(saved, current)
+    if diff:
+        raise CheckpointError(
+            f"checkpoint {found.path} was trained with a different model ({', '.join(diff)}); "
+            "restore the model section, or start a new run with --run-dir or --resume never"
+        )
 
 
 def _needs_universal(found: ckpt.Checkpoint, config: JobConfig, ctx: DistContext) -> bool:

@@ -1,25 +1,20 @@
-"""The model a stage starts from: a fresh preset for pretraining; for fine-tuning, a loaded
-backbone with its MLP head swapped for a zero-initialised linear head (and, when the image size
-changes, its position embeddings resampled)."""
+"""The model a stage starts from: a fresh model of the `model:` section for pretraining; for
+fine-tuning, a loaded backbone with its MLP head swapped for a zero-initialised linear head (and,
+when the image size changes, its position embeddings resampled)."""
 
 from __future__ import annotations
 
 from torch import nn
 
+import vit_core
 from pipelines.train.request import TrainRequest
-
-SIGMOID_HEAD_BIAS = -10.0  # big_vision's init for sigmoid losses: start at p ~ 4.5e-5 per class
 
 
 def build_model(request: TrainRequest, num_classes: int) -> nn.Module:
     config = request.config
     if request.init_from is None:
-        import vit_core
-
-        overrides = config.model.vit_overrides(num_classes)
-        if config.train.loss == "sigmoid_bce":
-            overrides["head_bias_init"] = SIGMOID_HEAD_BIAS
-        return vit_core.create_model(config.model.name, **overrides)
+        vit_config = config.model.vit_config(num_classes, loss=config.train.loss)
+        return vit_core.VisionTransformer(vit_config)
 
     from pipelines.model_sources import load_source_model
 
