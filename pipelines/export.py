@@ -59,8 +59,9 @@ def export_checkpoint(source: Path, out: Path, fmt: str = "safetensors") -> dict
     if fmt not in FORMATS:
         raise CheckpointError(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     checkpoint = open_checkpoint(source)
+    if checkpoint.meta.get("vit_config"):  # refuse before gathering the shards
+        check_format(vit_core.ViTConfig.from_dict(checkpoint.meta["vit_config"]), fmt)
     model = load_checkpoint_model(checkpoint)
-    check_format(model.config, fmt)
     info = export_info(
         model,
         fmt=fmt,

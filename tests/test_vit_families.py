@@ -273,3 +273,18 @@ def test_backbone_flops_dominate_r50_hybrid() -> None:
     hybrid = flops(model_config("vit_base_r50_s16_224"))
     assert hybrid > plain  # same 196 tokens, plus a ResNet-50 trunk (about 8 GFLOPs at 224 px)
     assert 5e9 < hybrid - plain < 12e9
+
+
+@pytest.mark.parametrize("make", [tiny_hybrid, tiny_deit], ids=["hybrid", "deit"])
+def test_compile_fullgraph_train_step(make) -> None:
+    """torch.compile is on by default on a GPU: no graph break in the backbone's SAME padding
+    or in the distilled head's (class, distillation) output."""
+    torch.manual_seed(0)
+    model = VisionTransformer(make(drop_path_rate=0.1))
+    if model.config.distilled:
+        model.set_distilled_training(True)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(images(model.config))
+    loss = sum(o.sum() for o in out) if isinstance(out, tuple) else out.sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
