@@ -113,10 +113,13 @@ def model_config(name: str, **overrides: Any) -> ViTConfig:
             f"unknown model {name!r}{close}; allowed names are {_ALLOWED} "
             "(optionally with an image-size suffix, e.g. 'vit_base_patch16_384')"
         )
-    try:
-        _check_known(ViTConfig, overrides)
-    except ValueError as err:
-        raise ValueError(f"unknown override for {name!r}: {err}") from None
+    allowed = [f.name for f in dataclasses.fields(ViTConfig)]
+    for key in overrides:
+        if key not in allowed:
+            raise ValueError(
+                f"unknown override {key!r} for {name!r}{_close_match(key, allowed)}; "
+                f"allowed overrides are {allowed}"
+            )
     backbone = overrides.get("backbone")
     if isinstance(backbone, dict):
         _check_known(BackboneConfig, backbone)
