@@ -146,8 +146,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--warmup {args.warmup}: must be >= 0")
     try:
         args.job = job_config(args, zero_stage=0)  # validates the shape and the batch sizes
-        section = args.job.model
-        vit_core.model_config(section.name, **section.vit_overrides(args.num_classes))
     except (ConfigError, ValueError) as err:
         p.error(f"these settings make an invalid job config: {err}")
     return args
@@ -179,7 +177,9 @@ def build_model(config: JobConfig) -> torch.nn.Module:
     """As `pipelines.train.model_init.build_model`, from the same seed for every variant."""
     torch.manual_seed(config.train.seed)
     section = config.model
-    return vit_core.create_model(section.name, **section.vit_overrides(section.num_classes))
+    return vit_core.VisionTransformer(
+        section.vit_config(section.num_classes, loss=config.train.loss)
+    )
 
 
 def synthetic_batches(

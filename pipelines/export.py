@@ -2,9 +2,11 @@
 
 `safetensors` (default): `model.safetensors` + `config.json` with the ViTConfig, class names and
 eval preprocessing, which `load_exported` reads with vit_core alone (no DeepSpeed). `timm` and
-`hf` write state dicts that load strictly into timm's VisionTransformer / transformers'
-ViTForImageClassification (a model with the MLP pretraining head exports its backbone: timm
-with `num_classes=0`, HF as a `ViTModel` whose pooler is the head's hidden layer).
+`hf` write state dicts that load strictly into timm's VisionTransformer (plain or hybrid) or
+VisionTransformerDistilled / transformers' ViTForImageClassification or, for a distilled model,
+DeiTForImageClassificationWithTeacher (a model with the MLP pretraining head exports its
+backbone: timm with `num_classes=0`, HF as a `ViTModel` whose pooler is the head's hidden
+layer). transformers has no hybrid ViT, so a hybrid refuses `hf`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+import vit_core
 from pipelines.errors import CheckpointError
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
 from pipelines.train.checkpoint_files import Checkpoint, open_checkpoint
@@ -56,6 +59,8 @@ def export_checkpoint(source: Path, out: Path, fmt: str = "safetensors") -> dict
     if fmt not in FORMATS:
         raise CheckpointError(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     checkpoint = open_checkpoint(source)
+    if checkpoint.meta.get("vit_config"):  # refuse before gathering the shards
+        check_format(vit_core.ViTConfig.from_dict(checkpoint.meta["vit_config"]), fmt)
     model = load_checkpoint_model(checkpoint)
     info = export_info(
         model,
@@ -70,6 +75,15 @@ def export_checkpoint(source: Path, out: Path, fmt: str = "safetensors") -> dict
     return info
 
 
+def check_format(config, fmt: str) -> None:
+    """Refuse, in one line, a format that cannot hold the model."""
+    if fmt == "hf" and config.backbone is not None:
+        raise CheckpointError(
+            "--format hf: Hugging Face transformers has no hybrid (CNN backbone) ViT; export "
+            "this model with --format safetensors or timm"
+        )
+
+
 def export_info(
     model,
     *,
@@ -81,9 +95,10 @@ def export_info(
     preprocess: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What `config.json` of an export says about the model next to it."""
-    return {
+    info = {
         "format": EXPORT_FORMAT,
         "weights_format": fmt,
+        "model": vit_core.describe_model(model.config),
         "vit_config": model.config.to_dict(),
         "classes": classes,
         "source_checkpoint": source,
@@ -91,6 +106,11 @@ def export_info(
         "stage": stage,
         "preprocess": preprocess,
     }
+    if fmt == "timm":  # what to build in timm for the state dict next to it
+        distilled = model.config.distilled
+        info["timm_class"] = "VisionTransformerDistilled" if distilled else "VisionTransformer"
+        info["timm_model"] = vit_core.preset_name(model.config)
+    return info
 
 
 def save_model(model, out: Path, *, fmt: str = "safetensors", info: dict[str, Any]) -> None:
@@ -99,14 +119,21 @@ def save_model(model, out: Path, *, fmt: str = "safetensors", info: dict[str, An
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out} exists and is not empty; choose a new output directory")
+    check_format(model.config, fmt)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if fmt == "hf":
-        from vit_core.convert import hf_config_dict, to_hf
+        from vit_core.convert import hf_architecture, hf_config_dict, to_hf
 
-        state = to_hf(model, base_model=model.config.head == "mlp")
-        hf_config = hf_config_dict(model.config)
+        base_model = model.config.head == "mlp"
+        state = to_hf(model, base_model=base_model)
+        model_type, architecture = hf_architecture(model.config, base_model=base_model)
+        hf_config = {
+            "model_type": model_type,
+            "architectures": [architecture],
+            **hf_config_dict(model.config),
+        }
         hf_config["id2label"] = {str(i): n for i, n in enumerate(info.get("classes") or [])} or None
         if hf_config["id2label"] is None:
             hf_config.pop("id2label")

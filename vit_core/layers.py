@@ -73,16 +73,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D); with `cls_only`, (B, 1, D): only token 0 queries."""
+    def forward(self, x: torch.Tensor, num_queries: int = 0) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with `num_queries` n > 0, (B, n, D): only the first n tokens
+        query."""
         B, N, D = x.shape
         # (B, N, 3D) -> 3 x (B, N, h, d) -> (B, h, N, d): views only. Splitting on dim 2 (not
         # permuting 3 to the front, as timm does) lets backward stack the q, k, v grads straight
         # into the contiguous (B, N, 3D) layout the qkv Linear's backward needs: one copy less.
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-        if cls_only:
-            q = q[:, :, :1]
+        if num_queries:
+            q = q[:, :, :num_queries]
         dropout_p = self.attn_drop if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, h, Nq, d)
         x = x.transpose(1, 2).reshape(B, q.shape[2], D)
@@ -124,11 +125,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden_dim, drop=drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D); with `cls_only`, only the class token's output (B, 1, D),
-        for the last block under class-token pooling, where the other outputs go unused."""
-        if cls_only:
-            x = x[:, :1] + self.drop_path(self.attn(self.norm1(x), cls_only=True))
+    def forward(self, x: torch.Tensor, num_queries: int = 0) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with `num_queries` n > 0, only the first n tokens' outputs
+        (B, n, D): for the last block under class-token pooling, where the patch tokens' outputs
+        go unused (n is 1, or 2 with a distillation token)."""
+        if num_queries:
+            x = x[:, :num_queries] + self.drop_path(self.attn(self.norm1(x), num_queries))
         else:
             x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,6 +1,7 @@
 """Typed, frozen job configuration: YAML -> overrides -> strict validation."""
 
 from pipelines.config.data import AugmentSection, DataSection, ShardSection, SourceSection
+from pipelines.config.distill import DistillSection
 from pipelines.config.job import JobConfig
 from pipelines.config.loader import (
     apply_overrides,
@@ -9,7 +10,7 @@ from pipelines.config.loader import (
     load_config,
     parse_override_value,
 )
-from pipelines.config.model import ModelSection
+from pipelines.config.model import BackboneSection, ModelSection
 from pipelines.config.runtime import ClusterSection, TrackingSection
 from pipelines.config.training import (
     CheckpointSection,
@@ -22,10 +23,12 @@ from pipelines.config.training import (
 
 __all__ = [
     "AugmentSection",
+    "BackboneSection",
     "CheckpointSection",
     "ClusterSection",
     "DataSection",
     "DeepSpeedSection",
+    "DistillSection",
     "FinetuneSection",
     "JobConfig",
     "ModelSection",

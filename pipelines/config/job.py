@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from pipelines.config.base import Section
 from pipelines.config.data import AugmentSection, DataSection, ShardSection
+from pipelines.config.distill import DistillSection
 from pipelines.config.model import ModelSection
 from pipelines.config.runtime import ClusterSection, TrackingSection
 from pipelines.config.training import (
@@ -37,6 +38,7 @@ class JobConfig(Section):
     cluster: ClusterSection = ClusterSection()
     shard: ShardSection | None = None
     finetune: FinetuneSection | None = None
+    distill: DistillSection | None = None
     runlocal: bool = Field(
         False, description="shrink the recipe to a tiny model on local shards (a quick check)"
     )
@@ -60,6 +62,11 @@ class JobConfig(Section):
             problems.append(
                 "augment.randaugment runs in the CPU dataloader workers; it needs "
                 "data.decode_device='cpu'"
+            )
+        if self.distill and not self.finetune and not self.model.vit_config(1).distilled:
+            problems.append(
+                f"distill needs a student with a distillation token; model.name="
+                f"{self.model.name!r} has none (use deit_*_distilled_patch16, or set model.distilled: true)"
             )
         if problems:
             raise ValueError("; ".join(problems))

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 
 from pipelines.config import JobConfig
+from pipelines.config.model import architecture_changes
 from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
 from pipelines.seeds import rank_seed, resharded_rank_seed
 from pipelines.train import checkpoint_files as files
 from pipelines.train.checkpoint_files import Checkpoint
+from pipelines.train.distill import check_same_teacher, teacher_identity
 from pipelines.train.request import TrainRequest
 from pipelines.train.universal import convert_to_universal, universal_location
 from vit_core import ViTConfig
@@ -57,23 +59,12 @@ def check_same_model(found: Checkpoint, architecture: ViTConfig) -> None:
     """Resuming is only for the same architecture (regularisation or grad checkpointing may
     change; shapes and forward may not)."""
     saved = found.meta.get("vit_config")
-    if saved is None:
-        return
-    before, after = ViTConfig.from_dict(saved).to_dict(), architecture.to_dict()
-    diff = [
-        f"model.{k}: {before.get(k)!r} -> {after.get(k)!r}"
-        for k in sorted(set(before) | set(after))
-        if before.get(k) != after.get(k) and k not in _NOT_ARCHITECTURE
-    ]
+    diff = architecture_changes(saved, architecture) if saved is not None else []
     if diff:
         raise CheckpointError(
             f"checkpoint {found.path} was trained with a different model ({', '.join(diff)}); "
             "restore the model section, or start a new run with --run-dir or --resume never"
         )
-
-
-# ViTConfig fields that change training, not the model a checkpoint holds.
-_NOT_ARCHITECTURE = frozenset({"drop_rate", "attn_drop_rate", "drop_path_rate", "head_bias_init"})
 
 
 class Checkpointer:
@@ -92,6 +83,8 @@ class Checkpointer:
         self.ctx = ctx
         self.root = request.checkpoint_root
         self._config: JobConfig = request.config
+        distill = request.config.distill
+        self._teacher = teacher_identity(distill) if distill is not None else None
         self._meta = self._static_meta(architecture, classes)
         self.resume_from = self._choose(architecture)
         self.load_universal = self.resume_from is not None and self._needs_universal(
@@ -182,6 +175,7 @@ class Checkpointer:
             return None
         found = files.open_checkpoint(Path(chosen))
         check_same_model(found, architecture)
+        check_same_teacher(found.meta.get("teacher"), self._teacher)
         return found
 
     def _needs_universal(self, found: Checkpoint) -> bool:
@@ -209,6 +203,7 @@ class Checkpointer:
             "mlflow_run_id": tracking.run_id if tracking else None,
             "mlflow_tracking_uri": tracking.uri if tracking else None,
             "init_from": request.init_from,
+            "teacher": self._teacher.to_dict() if self._teacher else None,
             "preprocess": {
                 "img_size": architecture.img_size,
                 "mean": list(config.augment.mean),

@@ -112,12 +112,14 @@ class MetricsLogger:
         resume_step: int | None,
         total_steps: int,
         flops_per_image: float,
+        teacher_flops_per_image: float | None = None,
         peak_flops: float,
         device: torch.device,
     ):
         self.ctx = ctx
         self.total_steps = total_steps
         self._flops_per_image = flops_per_image
+        self._teacher_flops = teacher_flops_per_image
         self._peak_flops = peak_flops
         self._file = MetricsFile(run, METRICS, resume_step=resume_step) if ctx.is_main else None
         self._tracker = (
@@ -137,9 +139,14 @@ class MetricsLogger:
         self._micro_steps += 1
         self._throughput.add(images, wait_s)
 
-    def mfu(self, images_per_sec: float) -> float:
-        """Model FLOPs utilisation: 3 x forward FLOPs per image (fwd + bwd) over the peak."""
-        return 3 * self._flops_per_image * images_per_sec / (self._peak_flops * self.ctx.world_size)
+    def mfu(self, images_per_sec: float) -> dict[str, float]:
+        """Model FLOPs utilisation of the student: 3 x forward FLOPs per image (fwd + bwd) over
+        the peak; with a distillation teacher also `mfu_with_teacher` (+ its forward)."""
+        per_sec = images_per_sec / (self._peak_flops * self.ctx.world_size)
+        out = {"mfu": 3 * self._flops_per_image * per_sec}
+        if self._teacher_flops is not None:
+            out["mfu_with_teacher"] = (3 * self._flops_per_image + self._teacher_flops) * per_sec
+        return out
 
     def log_train(
         self, *, step: int, epoch: int, samples_seen: int, lr: float, grad_norm, skipped: float
@@ -161,7 +168,7 @@ class MetricsLogger:
             "grad_norm": grad_norm,
             "images_per_sec": images,
             "data_wait_frac": wait / self.ctx.world_size,
-            "mfu": self.mfu(images),
+            **self.mfu(images),
             "data/samples_skipped": skipped,
         }
         self._emit(record)
@@ -192,7 +199,7 @@ class MetricsLogger:
         return {
             "images_per_sec": images,
             "data_wait_frac": wait / self.ctx.world_size,
-            "mfu": self.mfu(images),
+            **self.mfu(images),
             "tracking_complete": bool(tracking_ok),
         }
 

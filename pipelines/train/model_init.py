@@ -11,28 +11,19 @@ from pipelines.model_sources import load_source_model
 from pipelines.train.request import TrainRequest
 from vit_core import ViTConfig
 
-SIGMOID_HEAD_BIAS = -10.0  # big_vision's init for sigmoid losses: start at p ~ 4.5e-5 per class
-
-
-def pretraining_architecture(request: TrainRequest, num_classes: int) -> ViTConfig:
-    config = request.config
-    overrides = config.model.vit_overrides(num_classes)
-    if config.train.loss == "sigmoid_bce":
-        overrides["head_bias_init"] = SIGMOID_HEAD_BIAS
-    return vit_core.model_config(config.model.name, **overrides)
-
 
 def architecture(request: TrainRequest, num_classes: int) -> ViTConfig:
     """What `build_model` builds, without initialising weights where it can (pretraining)."""
+    config = request.config
     if request.init_from is None:
-        return pretraining_architecture(request, num_classes)
+        return config.model.vit_config(num_classes, loss=config.train.loss)
     return build_model(request, num_classes).config
 
 
 def build_model(request: TrainRequest, num_classes: int) -> nn.Module:
     config = request.config
     if request.init_from is None:
-        return vit_core.VisionTransformer(pretraining_architecture(request, num_classes))
+        return vit_core.VisionTransformer(architecture(request, num_classes))
     model = load_source_model(request.init_from).model
     model.swap_head(num_classes)
     finetune = config.finetune

@@ -10,6 +10,7 @@ One optimizer step = `accum` micro-batches of `micro_batch_size` on every rank.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -26,6 +27,7 @@ from pipelines.evaluation.probe import fewshot_on_shards
 from pipelines.layout import SAMPLE_KEYS_DIR, STOP_REQUEST, sample_keys_name
 from pipelines.seeds import mix_seed
 from pipelines.train.checkpoint import Checkpointer, Progress
+from pipelines.train.distill import DistillationLoss, Teacher, check_student, load_teacher
 from pipelines.train.engine import DeepSpeedEngine
 from pipelines.train.fast_path import FastPath
 from pipelines.train.losses import classification_loss
@@ -36,7 +38,7 @@ from pipelines.train.peak import measured_peak_flops
 from pipelines.train.request import TrainRequest
 from pipelines.train.schedule import lr_factor
 from pipelines.train.stop import StopRequest
-from vit_core import flops
+from vit_core import ViTConfig, flops
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ class Trainer:
         model = build_model(request, self.num_classes)
         if config.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
+        if config.distill is not None:
+            check_student(model)
+            model.set_distilled_training(True)  # training returns (class, distillation) logits
         self.architecture = model.config
         classes = list(manifest.classes) if len(manifest.classes) == self.num_classes else None
         self.checkpointer = Checkpointer(request, ctx, architecture=model.config, classes=classes)
@@ -63,6 +68,7 @@ class Trainer:
         )
         self.accum = config.grad_accum_steps(ctx.world_size)
         self.mixing = config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
+        self.teacher, self.distill_loss = self._teacher(model.config)
         img_size = model.config.img_size
         self.train_loader = ShardLoader.from_config(
             config,
@@ -122,12 +128,16 @@ class Trainer:
             if self.mixing:
                 images, targets = self._mix(images, targets, step, micro)
             logits = self.engine(images)
-            loss = classification_loss(
-                logits,
-                targets.to(logits.device),
-                kind=config.train.loss,
-                label_smoothing=0.0 if self.mixing else config.train.label_smoothing,
-            )
+            targets = targets.to(self.engine.device)
+            if self.teacher is not None:
+                loss = self.distill_loss(logits, targets, self._teacher_logits(images))
+            else:
+                loss = classification_loss(
+                    logits,
+                    targets,
+                    kind=config.train.loss,
+                    label_smoothing=0.0 if self.mixing else config.train.label_smoothing,
+                )
             self.engine.backward(loss)
             self.engine.step()
             self.metrics.add(loss, images.shape[0], wait)
@@ -150,6 +160,29 @@ class Trainer:
             self._batches = iter(self.train_loader)
             batch = next(self._batches, None)
         return batch, time.perf_counter() - start
+
+    def _teacher(self, student: ViTConfig) -> tuple[Teacher | None, DistillationLoss | None]:
+        """DeiT distillation (`distill:`): the teacher runs beside the engine on every rank, in
+        the training precision, frozen; it is neither sharded nor checkpointed."""
+        if self.config.distill is None:
+            return None, None
+        teacher = load_teacher(
+            self.config.distill,
+            num_classes=self.num_classes,
+            img_size=student.img_size,
+            device=self.engine.device,
+            dtype=self.engine.input_dtype,
+        )
+        loss = DistillationLoss.from_config(self.config)
+        if self.mixing:  # label smoothing is already folded into the mixed targets
+            loss = dataclasses.replace(loss, label_smoothing=0.0)
+        return teacher, loss
+
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """On exactly the student's batch (after Mixup/CutMix), as the engine feeds it."""
+        x = images.to(self.engine.device, dtype=self.engine.input_dtype, non_blocking=True)
+        with torch.autocast(self.engine.device.type, torch.bfloat16, enabled=self.fast.autocast):
+            return self.teacher(x)
 
     def _mix(self, images, labels, step: int, micro: int):
         augment = self.config.augment
@@ -240,6 +273,7 @@ class Trainer:
             resume_step=self.checkpointer.resumed_step,
             total_steps=self.config.train.total_steps,
             flops_per_image=float(flops(self.architecture)),
+            teacher_flops_per_image=self.teacher.flops_per_image if self.teacher else None,
             peak_flops=self._peak_flops(),
             device=self.engine.device,
         )
