@@ -22,6 +22,7 @@ COMMANDS = (
     "eval",
     "run",
     "export",
+    "checkpoint",
     "submit",
     "jobs",
 )

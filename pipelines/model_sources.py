@@ -48,6 +48,17 @@ def source_kind(path: Path) -> str:
     )
 
 
+def check_source(path: str | Path) -> str:
+    """`source_kind`, and for a checkpoint `check_loadable` (hashes, pickle allowlist): what a
+    driver runs before it starts workers that load the model."""
+    kind = source_kind(Path(path))
+    if kind == "checkpoint":
+        from pipelines.train.checkpoint import check_loadable, open_checkpoint
+
+        check_loadable(open_checkpoint(Path(path)))
+    return kind
+
+
 def load_source_model(path: str | Path) -> SourceModel:
     path = Path(path)
     kind = source_kind(path)

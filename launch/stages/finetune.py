@@ -15,7 +15,7 @@ from launch.stages.shard import ensure_shards
 from launch.stages.training import run_training_job
 from pipelines.config import FinetuneSection, JobConfig
 from pipelines.config.paths import with_absolute_paths
-from pipelines.model_sources import source_kind
+from pipelines.model_sources import check_source
 from pipelines.tracking.mlflow_run import TrackingTarget
 
 
@@ -35,7 +35,7 @@ def run_finetune_job(
     if config.finetune is None:
         config = config.model_copy(update={"finetune": FinetuneSection()})
     init_from = Path(init_from).resolve()
-    kind = source_kind(init_from)  # a wrong --from fails here, before anything starts
+    kind = check_source(init_from)  # a wrong or unsafe --from fails here, before anything starts
     ensure_shards(config, progress=progress)
     all_tags = {"vitpipe.init_kind": kind, **(tags or {})}
 

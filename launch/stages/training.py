@@ -156,6 +156,7 @@ def _driver_resume_check(run_dir: Path, resume: str, config: JobConfig) -> ckpt.
         from pipelines.train.loop import _check_same_model
 
         _check_same_model(found, config)
+        ckpt.check_loadable(found)  # hashes match, no file could run code (issue 16)
     return found
 
 

@@ -1,8 +1,9 @@
 """Sharded checkpoints with a commit protocol.
 
-`checkpoints/step_NNNNNNN/` holds DeepSpeed's per-rank files plus one `vitpipe_rankNNNNN.pt` per
-rank (loader position, RNG states). It counts only once rank 0 has written `COMMITTED.json`
-(every file with its size, plus metadata), which happens after all ranks reported success.
+`checkpoints/step_NNNNNNN/` holds DeepSpeed's per-rank files plus each rank's own state
+(`pipelines/train/rank_state.py`: loader position, RNG states, as JSON + safetensors). It counts
+only once rank 0 has written `COMMITTED.json` (`pipelines/train/marker.py`: every file with its
+size and sha256, plus metadata), which happens after all ranks reported success.
 `checkpoints/latest` (a tag) is then replaced atomically and old committed ones are pruned.
 A folder whose marker is missing, or whose files no longer match it, is never loaded.
 """
@@ -12,22 +13,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
+from pipelines.train import marker as markers
+from pipelines.train.rank_state import (  # noqa: F401  (rng_state/set_rng_state: the loop's API)
+    read_rank_state,
+    rng_state,
+    set_rng_state,
+    write_rank_state,
+)
+from pipelines.train.safe_load import vet_folder
 
 log = logging.getLogger(__name__)
 
-MARKER = "COMMITTED.json"
+MARKER = markers.MARKER
 LATEST = "latest"
 UNIVERSAL_DIR = "universal"
 _TAG_PREFIX = "step_"
@@ -35,10 +40,6 @@ _TAG_PREFIX = "step_"
 
 def tag_for(step: int) -> str:
     return f"{_TAG_PREFIX}{step:07d}"
-
-
-def rank_state_name(rank: int) -> str:
-    return f"vitpipe_rank{rank:05d}.pt"
 
 
 @dataclass(frozen=True)
@@ -69,25 +70,6 @@ class Checkpoint:
         return self.marker.get("meta", {})
 
 
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(
     root: Path,
     step: int,
@@ -109,7 +91,7 @@ def save_checkpoint(
     ok = True
     try:
         write_engine(root, tag)
-        _torch_save_atomic(rank_state, path / rank_state_name(ctx.rank))
+        write_rank_state(path, ctx.rank, rank_state["loader"], rank_state["rng"])
     except Exception as err:
         ok = False
         log.error("rank %d failed to write checkpoint %s: %s", ctx.rank, path, err)
@@ -123,16 +105,13 @@ def save_checkpoint(
 
 
 def _commit(path: Path, step: int, world_size: int, meta: dict[str, Any]) -> None:
-    files = {
-        str(p.relative_to(path)): p.stat().st_size
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    }
-    missing = [rank_state_name(r) for r in range(world_size) if rank_state_name(r) not in files]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; not committed")
-    marker = {"step": step, "world_size": world_size, "files": files, "meta": meta}
-    _write_atomic(path / MARKER, json.dumps(marker, indent=1, sort_keys=True))
+    # Rank 0 hashes every rank's files here (a shared disk); the Checkpointer will gather
+    # per-rank `markers.report()`s instead.
+    marker = markers.build(step, world_size, markers.reports_by_name(path, world_size), meta)
+    problem = markers.check(path, marker, hashes=False).problem
+    if problem:
+        raise CheckpointError(f"checkpoint {path} was not committed: {problem}")
+    markers.write(path, marker)
     _write_atomic(path.parent / LATEST, path.name + "\n")
 
 
@@ -166,25 +145,25 @@ def list_checkpoints(root: Path, *, warn: bool = True) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def verify(folder: Path) -> str | None:
-    """Why `folder` cannot be loaded, or None when its marker and files agree."""
-    marker_path = folder / MARKER
-    if not marker_path.is_file():
-        return "no completion marker (torn while saving)"
+def verify(folder: Path, *, hashes: bool = False) -> str | None:
+    """Why `folder` cannot be loaded, or None when its marker and files agree (sizes; sha256 too
+    with `hashes`, which reads every file)."""
     try:
-        marker = json.loads(marker_path.read_text())
-        files: dict[str, int] = marker["files"]
-        int(marker["step"])
-        int(marker["world_size"])
-    except (ValueError, KeyError, TypeError):
-        return "unreadable completion marker"
-    for name, size in files.items():
-        file = folder / name
-        if not file.is_file():
-            return f"file {name} is missing"
-        if file.stat().st_size != size:
-            return f"file {name} has {file.stat().st_size} bytes, the marker says {size}"
-    return None
+        marker = markers.read(folder)
+    except CheckpointError as err:
+        return str(err).split(": ", 1)[-1]
+    return markers.check(folder, marker, hashes=hashes).problem
+
+
+def check_loadable(checkpoint: Checkpoint) -> None:
+    """Before a checkpoint is read: every file matches its marker's sha256 (a 0.1 marker has only
+    sizes: noticed once) and no torch file in it could run code when unpickled."""
+    result = markers.check(checkpoint.path, checkpoint.marker, hashes=True)
+    if result.problem:
+        raise CheckpointError(f"checkpoint {checkpoint.path} cannot be loaded: {result.problem}")
+    if result.notice:
+        log.warning("%s", result.notice)
+    vet_folder(checkpoint.path)
 
 
 def latest_checkpoint(root: Path) -> Checkpoint | None:
@@ -209,9 +188,8 @@ def open_checkpoint(path: Path) -> Checkpoint:
 
 
 def load_rank_state(checkpoint: Checkpoint, rank: int) -> dict[str, Any]:
-    return torch.load(
-        checkpoint.path / rank_state_name(rank), map_location="cpu", weights_only=False
-    )
+    loader, rng = read_rank_state(checkpoint.path, rank)
+    return {"loader": loader, "rng": rng}
 
 
 def _step_folders(root: Path) -> list[Path]:
@@ -234,11 +212,4 @@ def _step_of(folder: Path) -> int:
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _torch_save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -15,6 +15,7 @@ from pipelines.distributed import DistContext
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.fast_path import FastPath
 from pipelines.train.optim import build_optimizer
+from pipelines.train.safe_load import vet_folder, weights_only_loads
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -93,13 +94,17 @@ class DeepSpeedEngine:
             (root / tag / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
 
     def load(self, root: Path, tag: str, *, load_optimizer: bool = True) -> dict[str, Any]:
-        path, client_state = self._engine.load_checkpoint(
-            str(root),
-            tag=tag,
-            load_optimizer_states=load_optimizer,
-            load_lr_scheduler_states=False,
-            load_module_only=not load_optimizer,
-        )
+        # DeepSpeed unpickles what it reads: vet every file first (a one-line refusal naming the
+        # file), then force its loads weights-only, so a file swapped after vetting is refused.
+        vet_folder(Path(root) / tag)
+        with weights_only_loads():
+            path, client_state = self._engine.load_checkpoint(
+                str(root),
+                tag=tag,
+                load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=False,
+                load_module_only=not load_optimizer,
+            )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load {root / tag}")
         return client_state or {}
