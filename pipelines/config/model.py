@@ -9,24 +9,29 @@ from pydantic import Field, model_validator
 
 from pipelines.config.base import Section
 
+# Beyond these a value is a typo, not a model anyone trains (ViT-22B: dim 6144, depth 48).
+MAX_IMG_SIZE = 4096
+
 _PRESET_RE = re.compile(r"^vit_(tiny|small|base|large|huge)_patch(8|14|16|32)$")
 
 
 class ModelSection(Section):
     name: str = "vit_base_patch16"
-    img_size: int = Field(224, ge=8)
-    patch_size: int | None = Field(None, ge=1, description="None: the preset's patch size")
-    in_chans: int = Field(3, ge=1)
-    num_classes: int | None = Field(None, ge=1, description="None: class count of the manifest")
-    dim: int | None = Field(None, ge=8)
-    depth: int | None = Field(None, ge=1)
-    num_heads: int | None = Field(None, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0)
+    img_size: int = Field(224, ge=8, le=MAX_IMG_SIZE)
+    patch_size: int | None = Field(None, ge=1, le=512, description="None: the preset's patch size")
+    in_chans: int = Field(3, ge=1, le=64)
+    num_classes: int | None = Field(
+        None, ge=1, le=1_000_000, description="None: class count of the manifest"
+    )
+    dim: int | None = Field(None, ge=8, le=32768)
+    depth: int | None = Field(None, ge=1, le=1024)
+    num_heads: int | None = Field(None, ge=1, le=1024)
+    mlp_ratio: float = Field(4.0, gt=0, le=64)
     qkv_bias: bool = True
     ln_eps: float = Field(1e-6, gt=0)
     pool: Literal["cls", "mean"] = "cls"
     head: Literal["mlp", "linear"] = "mlp"
-    head_hidden_dim: int | None = Field(None, ge=1)
+    head_hidden_dim: int | None = Field(None, ge=1, le=131072)
     drop_rate: float = Field(0.0, ge=0, lt=1)
     attn_drop_rate: float = Field(0.0, ge=0, lt=1)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)

@@ -28,9 +28,9 @@ class TrackingSection(Section):
 
 class ClusterSection(Section):
     address: str | None = Field(None, description="None: start a local Ray bound to 127.0.0.1")
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(2, ge=1, le=100_000)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, le=4096)
     resources_per_worker: dict[str, float] = {}
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(0, ge=-1, le=10_000)
     storage_path: str | None = Field(None, description="None: <run dir>/ray")

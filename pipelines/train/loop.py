@@ -473,8 +473,9 @@ def _async_tracker(request: TrainRequest):
 def _mix(config: JobConfig, images, labels, num_classes: int, step: int, micro: int, rank: int):
     from pipelines.data.mixing import mix_batch
 
+    # Reduced mod 2^64 (what manual_seed takes): the same seed as before wherever it fitted.
     generator = torch.Generator().manual_seed(
-        ((config.train.seed * 1_000_003 + step) * 131 + micro) * 4099 + rank
+        (((config.train.seed * 1_000_003 + step) * 131 + micro) * 4099 + rank) % 2**64
     )
     return mix_batch(
         images,
