@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
+from launch.loopback import LOOPBACK, file_init_method, free_port, worker_env
 from pipelines.distributed import DistContext
 from pipelines.errors import VitpipeError
 from pipelines.train.request import TrainRequest
@@ -23,6 +23,7 @@ def run_local(request: TrainRequest) -> dict[str, Any]:
 
     use_gpu = request.config.cluster.use_gpu
     env = os.environ
+    init_method = None  # torchrun's (or the launcher's) env:// rendezvous
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local_rank = (
             int(env["RANK"]),
@@ -31,10 +32,13 @@ def run_local(request: TrainRequest) -> dict[str, Any]:
         )
     else:
         rank, world, local_rank = 0, 1, 0
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_ADDR", LOOPBACK)
+        env.setdefault("MASTER_PORT", str(free_port()))
         # DeepSpeed reads these even for one process.
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        env.update(worker_env())
+        # One process: a FileStore, since torch's TCPStore would listen on every interface.
+        init_method = file_init_method()
     if use_gpu:
         if not torch.cuda.is_available():
             raise VitpipeError("cluster.use_gpu=true but CUDA is not available in this process")
@@ -42,7 +46,9 @@ def run_local(request: TrainRequest) -> dict[str, Any]:
     if not dist.is_initialized():
         # Kept for the life of the process: DeepSpeed caches the group, so a second job in the
         # same process (tests, notebooks, `vitpipe run`) must find the same one.
-        dist.init_process_group("nccl" if use_gpu else "gloo", rank=rank, world_size=world)
+        dist.init_process_group(
+            "nccl" if use_gpu else "gloo", init_method=init_method, rank=rank, world_size=world
+        )
     ctx = DistContext(
         rank=rank, world_size=world, local_rank=local_rank, device="cuda" if use_gpu else "cpu"
     )
@@ -55,6 +61,8 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from launch.loopback_train import LoopbackTorchConfig
+
     cluster = request.config.cluster
     resources = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
     if cluster.use_gpu:
@@ -62,7 +70,10 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"request": request},
-        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        # Local mode: a rendezvous that listens nowhere (issue 16); a cluster: Ray's TCP one.
+        torch_config=(TorchConfig if cluster.address else LoopbackTorchConfig)(
+            backend="nccl" if cluster.use_gpu else "gloo"
+        ),
         scaling_config=ScalingConfig(
             num_workers=cluster.num_workers, use_gpu=cluster.use_gpu, resources_per_worker=resources
         ),
@@ -137,9 +148,3 @@ def _worker_error(err: BaseException) -> Exception:
                 stack.append(nested)
     message = str(err).strip().splitlines()
     return VitpipeError(f"training failed: {message[-1] if message else type(err).__name__}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

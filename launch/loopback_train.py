@@ -1,0 +1,77 @@
+"""Ray Train's torch backend for local mode: the same process group, but the ranks meet through a
+`FileStore` (no TCPStore, which would listen on every interface); see `launch/loopback.py`.
+Imported only where Ray Train is used."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import ray
+import ray.train
+import torch.distributed as dist
+from ray.train.torch import TorchConfig
+from ray.train.torch.config import _TorchBackend
+
+from launch.loopback import LOOPBACK, file_init_method, free_port
+
+
+def join_process_group(
+    backend: str, world_rank: int, world_size: int, url: str, port: int, timeout_s: int
+) -> None:
+    """On each worker: torch's launcher env vars, as Ray Train sets them, then the group."""
+    context = ray.train.get_context()
+    os.environ.update(
+        {
+            "LOCAL_RANK": str(context.get_local_rank()),
+            "LOCAL_WORLD_SIZE": str(context.get_local_world_size()),
+            "NODE_RANK": str(context.get_node_rank()),
+            "RANK": str(world_rank),
+            "WORLD_SIZE": str(world_size),
+            # Nothing listens here: DeepSpeed wants both set, and its CPU shared-memory
+            # all-reduce names its segments after them, so a fresh port keeps jobs apart.
+            "MASTER_ADDR": LOOPBACK,
+            "MASTER_PORT": str(port),
+        }
+    )
+    if backend == "nccl":
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    dist.init_process_group(
+        backend=backend,
+        init_method=url,
+        rank=world_rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+class FileRendezvousBackend(_TorchBackend):
+    """Ray Train's torch backend with a FileStore rendezvous; shutdown is Ray's own."""
+
+    def on_start(self, worker_group, backend_config) -> None:
+        backend = backend_config.backend or "gloo"
+        world_size = len(worker_group)
+        url, port = file_init_method(), free_port()
+        ray.get(
+            [
+                worker_group.execute_single_async(
+                    rank,
+                    join_process_group,
+                    backend=backend,
+                    world_rank=rank,
+                    world_size=world_size,
+                    url=url,
+                    port=port,
+                    timeout_s=backend_config.timeout_s,
+                )
+                for rank in range(world_size)
+            ]
+        )
+
+
+class LoopbackTorchConfig(TorchConfig):
+    """`TorchConfig` for local mode: every rank on this machine, no socket beyond loopback."""
+
+    @property
+    def backend_cls(self):
+        return FileRendezvousBackend
