@@ -187,7 +187,7 @@ def test_a_0_1_rank_state_reads_through_the_vetted_loader_and_upgrades(tmp_path)
     assert torch.equal(rng.torch, trusted["rng"]["torch"])
     assert np.array_equal(rng.numpy[1], trusted["rng"]["numpy"][1])
 
-    done = upgrade(folder)  # rewrites both 0.1 rank states; the marker gains hashes
+    done = upgrade(tmp_path)  # a run dir: both 0.1 rank states; the marker gains hashes
     assert sorted(d.source.name for d in done) == ["vitpipe_rank00000.pt", "vitpipe_rank00001.pt"]
     assert not (folder / "vitpipe_rank00001.pt").exists()
     again, rng_again = read_rank_state(folder, 1)
@@ -211,3 +211,60 @@ def test_upgrade_makes_a_trusted_file_with_a_foreign_class_loadable(tmp_path):
     assert "argparse.Namespace" in done.note
     loaded = safe_load(file)
     assert loaded["args"] == {"lr": 0.1} and torch.equal(loaded["module"]["w"], torch.ones(2))
+
+
+def test_deepspeed_fp16_loss_scalers_load_weights_only(tmp_path):
+    """fp16 ZeRO checkpoints hold DeepSpeed's (Dynamic)LossScaler objects (CPU DeepSpeed cannot
+    write fp16, so this builds the objects directly): they load through the allowlist."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from pipelines.train.safe_load import safe_load
+
+    path = tmp_path / "optim.pt"
+    dynamic = DynamicLossScaler(
+        init_scale=2**16,
+        scale_window=1000,
+        min_scale=1,
+        delayed_shift=2,
+        consecutive_hysteresis=False,
+        dtype=torch.float16,
+    )
+    scalers = {"dynamic": dynamic}
+    scalers["static"] = LossScaler(scale=128.0)
+    torch.save({"loss_scaler": scalers, "zero_stage": ZeroStageEnum.gradients}, path)
+    loaded = safe_load(path)
+    assert loaded["loss_scaler"]["dynamic"].cur_scale == 2**16
+    assert loaded["loss_scaler"]["dynamic"].dtype == torch.float16
+    assert loaded["loss_scaler"]["static"].cur_scale == 128.0
+    assert loaded["zero_stage"] is ZeroStageEnum.gradients
+
+
+def test_universal_conversion_records_hashes_and_is_vetted_before_loading(tmp_path):
+    from pipelines.train.checkpoint import open_checkpoint
+    from pipelines.train.safe_load import vet_folder
+    from pipelines.train.universal import convert_to_universal
+
+    shutil.copytree(FIXTURE / "checkpoints", tmp_path / "checkpoints")
+    checkpoint = open_checkpoint(tmp_path / "checkpoints" / STEP)
+    out = convert_to_universal(checkpoint)
+    done = json.loads((out / "CONVERTED").read_text())
+    victim = next(iter(sorted(out.rglob("fp32.pt"))))
+    name = victim.relative_to(out).as_posix()
+    assert done["files"][name]["sha256"] == hashlib.sha256(victim.read_bytes()).hexdigest()
+    assert vet_folder(out)  # what engine.load runs on every rank first
+
+    # Changed behind CONVERTED's back: converted again from the (vetted) source.
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    assert convert_to_universal(checkpoint) == out
+    assert done == json.loads((out / "CONVERTED").read_text())
+
+    # Planted, with CONVERTED made to agree: reused, but refused before anything unpickles it.
+    proof = tmp_path / "PAYLOAD_RAN"
+    plant(victim, proof)
+    done["files"][name]["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
+    (out / "CONVERTED").write_text(json.dumps(done))
+    convert_to_universal(checkpoint)
+    with pytest.raises(CheckpointError, match="io.open"):
+        vet_folder(out)
+    assert not proof.exists()

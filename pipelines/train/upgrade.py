@@ -1,8 +1,9 @@
 """`vitpipe checkpoint upgrade`: rewrite checkpoint files that the pickle allowlist refuses (or
 vitpipe 0.1's pickled rank states) in formats that load without running code.
 
-This is the one place that unpickles a checkpoint file with `weights_only=False`, once, on the
-user's word that the file is trusted: whatever code the file carries runs here.
+This is the one place that unpickles a checkpoint file with `weights_only=False` (only a file
+the allowlist refuses; the others load weights-only), once, on the user's word that the file is
+trusted: whatever code the file carries runs here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from pipelines.errors import CheckpointError
 from pipelines.train import marker as markers
 from pipelines.train.rank_state import RngState, write_rank_state
-from pipelines.train.safe_load import ALLOWED_GLOBALS, vet_file
+from pipelines.train.safe_load import ALLOWED_GLOBALS, safe_load, vet_file
 
 _LEGACY_RANK = re.compile(r"^vitpipe_rank(\d{5})\.pt$")
 _ATOMS = (str, bytes, bytearray, int, float, bool, complex, type(None))
@@ -36,21 +37,28 @@ class Upgraded:
 
 
 def upgrade(path: Path) -> list[Upgraded]:
-    """Upgrade one file, or every refused file (and 0.1 rank state) of a checkpoint folder; the
-    folder's marker is then rewritten with the new files' sizes and sha256."""
+    """Upgrade one file, or every refused file (and 0.1 rank state) under a folder (a checkpoint,
+    or a run dir: all its checkpoints); each checkpoint's marker is then rewritten with the new
+    files' sizes and sha256."""
     path = Path(path)
     if path.is_dir():
-        folder = path
         files = [p for p in sorted(path.rglob("*.pt")) if _needs_upgrade(p)]
     elif path.is_file():
-        folder = path.parent
         files = [path]
     else:
         raise CheckpointError(f"{path} does not exist")
     done = [_upgrade_file(file) for file in files]
-    if done and (folder / markers.MARKER).is_file():
+    for folder in sorted({f for f in map(_checkpoint_folder, files) if f is not None}):
         _rewrite_marker(folder)
     return done
+
+
+def _checkpoint_folder(file: Path) -> Path | None:
+    """The checkpoint folder (the one with a marker) that `file` belongs to, if any."""
+    for folder in file.parents:
+        if (folder / markers.MARKER).is_file():
+            return folder
+    return None
 
 
 def _needs_upgrade(path: Path) -> bool:
@@ -64,7 +72,10 @@ def _needs_upgrade(path: Path) -> bool:
 
 
 def _upgrade_file(path: Path) -> Upgraded:
-    obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user
+    try:
+        obj = safe_load(path)  # a 0.1 rank state usually passes: then no code runs at all
+    except CheckpointError:
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user
     match = _LEGACY_RANK.match(path.name)
     if match and isinstance(obj, dict) and "loader" in obj and "rng" in obj:
         rng = obj["rng"]
