@@ -4,6 +4,7 @@ Imported only where Ray Train is used."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 
@@ -75,3 +76,12 @@ class LoopbackTorchConfig(TorchConfig):
     @property
     def backend_cls(self):
         return FileRendezvousBackend
+
+
+def ray_is_loopback_only() -> bool:
+    """Whether every live node of the connected Ray is this machine on 127.0.0.1 (local mode, or a
+    Ray started by tests/notebooks that way): only then can the ranks share a FileStore."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return bool(nodes) and all(
+        ipaddress.ip_address(n["NodeManagerAddress"]).is_loopback for n in nodes
+    )

@@ -61,7 +61,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from launch.loopback_train import LoopbackTorchConfig
+    from launch.loopback_train import LoopbackTorchConfig, ray_is_loopback_only
 
     cluster = request.config.cluster
     resources = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
@@ -71,9 +71,9 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
         _ray_worker,
         train_loop_config={"request": request},
         # Local mode: a rendezvous that listens nowhere (issue 16); a cluster: Ray's TCP one.
-        torch_config=(TorchConfig if cluster.address else LoopbackTorchConfig)(
-            backend="nccl" if cluster.use_gpu else "gloo"
-        ),
+        torch_config=(
+            LoopbackTorchConfig if not cluster.address and ray_is_loopback_only() else TorchConfig
+        )(backend="nccl" if cluster.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cluster.num_workers, use_gpu=cluster.use_gpu, resources_per_worker=resources
         ),
