@@ -8,7 +8,7 @@ Ray's dashboard, Jobs API, GCS and raylet, and torch.distributed's TCPStore, are
   starts. `prepare_ray()` sets it before Ray is imported (and corrects an already-imported Ray),
   and the caller passes the node IP explicitly.
 - torch's TCPStore binds `::` (every interface) whatever MASTER_ADDR says, so local mode never
-  starts one: ranks meet through a `FileStore` in a private temporary folder
+  starts one: ranks meet through a `FileStore` in a private temporary file
   (`launch/loopback_train.py` for Ray Train, `file_init_method()` for one process), and gloo/NCCL
   are pinned to the loopback interface (`GLOO_SOCKET_IFNAME`, `NCCL_SOCKET_IFNAME`).
 On a cluster none of this applies; NOTES/README list the ports to keep on a private network.
@@ -62,7 +62,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def file_init_method() -> str:
-    """A fresh `file://` rendezvous in a private folder: no listening socket."""
-    folder = tempfile.mkdtemp(prefix="vitpipe-rendezvous-")
-    return "file://" + os.path.join(folder, "store")
+def file_init_method(folder: str | None = None) -> str:
+    """A fresh `file://` rendezvous in `folder` (default: the temp dir): no listening socket.
+    The file is created empty and private (0600)."""
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="rendezvous-", dir=folder)
+    os.close(fd)
+    return "file://" + path

@@ -4,8 +4,10 @@ Imported only where Ray Train is used."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 
 import ray
@@ -47,12 +49,16 @@ def join_process_group(
 
 
 class FileRendezvousBackend(_TorchBackend):
-    """Ray Train's torch backend with a FileStore rendezvous; shutdown is Ray's own."""
+    """Ray Train's torch backend with a FileStore rendezvous; shutdown is Ray's own, then the
+    rendezvous file goes."""
+
+    _files: list[str] = []
 
     def on_start(self, worker_group, backend_config) -> None:
         backend = backend_config.backend or "gloo"
         world_size = len(worker_group)
-        url, port = file_init_method(), free_port()
+        url, port = file_init_method(backend_config.rendezvous_dir), free_port()
+        self._files = [*self._files, url.removeprefix("file://")]
         ray.get(
             [
                 worker_group.execute_single_async(
@@ -69,9 +75,22 @@ class FileRendezvousBackend(_TorchBackend):
             ]
         )
 
+    def on_shutdown(self, worker_group, backend_config) -> None:
+        try:
+            super().on_shutdown(worker_group, backend_config)
+        finally:
+            for path in self._files:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            self._files = []
 
+
+@dataclass
 class LoopbackTorchConfig(TorchConfig):
-    """`TorchConfig` for local mode: every rank on this machine, no socket beyond loopback."""
+    """`TorchConfig` for local mode: every rank on this machine, no socket beyond loopback;
+    the rendezvous file lives in `rendezvous_dir` (default: the temp dir)."""
+
+    rendezvous_dir: str | None = None
 
     @property
     def backend_cls(self):

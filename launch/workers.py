@@ -64,6 +64,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     from launch.loopback_train import LoopbackTorchConfig, ray_is_loopback_only
 
     cluster = request.config.cluster
+    backend = "nccl" if cluster.use_gpu else "gloo"
     resources = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
     if cluster.use_gpu:
         resources.setdefault("GPU", 1)
@@ -72,8 +73,10 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
         train_loop_config={"request": request},
         # Local mode: a rendezvous that listens nowhere (issue 16); a cluster: Ray's TCP one.
         torch_config=(
-            LoopbackTorchConfig if not cluster.address and ray_is_loopback_only() else TorchConfig
-        )(backend="nccl" if cluster.use_gpu else "gloo"),
+            LoopbackTorchConfig(backend=backend, rendezvous_dir=str(request.run_dir / "ray"))
+            if not cluster.address and ray_is_loopback_only()
+            else TorchConfig(backend=backend)
+        ),
         scaling_config=ScalingConfig(
             num_workers=cluster.num_workers, use_gpu=cluster.use_gpu, resources_per_worker=resources
         ),
