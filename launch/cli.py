@@ -23,6 +23,7 @@ COMMANDS = (
     "eval",
     "run",
     "export",
+    "checkpoint",
     "submit",
     "jobs",
 )

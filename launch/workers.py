@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from launch.capacity import check_capacity, worker_bundle
 from launch.logs import configure_logging
+from launch.loopback import LOOPBACK, file_init_method, worker_env
 from launch.ports import free_loopback_port
 from pipelines.config import JobConfig
 from pipelines.distributed import DistContext
@@ -43,6 +44,7 @@ def run_local(request: TrainRequest) -> dict[str, Any] | None:
     Returns rank 0's result; None on the other ranks."""
     use_gpu = request.config.cluster.use_gpu
     env = os.environ
+    init_method = None  # torchrun's (or the launcher's) env:// rendezvous
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local_rank = (
             int(env["RANK"]),
@@ -51,10 +53,13 @@ def run_local(request: TrainRequest) -> dict[str, Any] | None:
         )
     else:
         rank, world, local_rank = 0, 1, 0
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_ADDR", LOOPBACK)
         env.setdefault("MASTER_PORT", str(free_loopback_port()))
         # DeepSpeed reads these even for one process.
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        env.update(worker_env())
+        # One process: a FileStore, since torch's TCPStore would listen on every interface.
+        init_method = file_init_method()
     if use_gpu:
         if not torch.cuda.is_available():
             raise VitpipeError("cluster.use_gpu=true but CUDA is not available in this process")
@@ -62,7 +67,9 @@ def run_local(request: TrainRequest) -> dict[str, Any] | None:
     if not dist.is_initialized():
         # Kept for the life of the process: DeepSpeed caches the group, so a second job in the
         # same process (tests, notebooks, `vitpipe run`) must find the same one.
-        dist.init_process_group("nccl" if use_gpu else "gloo", rank=rank, world_size=world)
+        dist.init_process_group(
+            "nccl" if use_gpu else "gloo", init_method=init_method, rank=rank, world_size=world
+        )
     ctx = DistContext(
         rank=rank, world_size=world, local_rank=local_rank, device="cuda" if use_gpu else "cpu"
     )
@@ -74,13 +81,21 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from launch.loopback_train import LoopbackTorchConfig, ray_is_loopback_only
+
     check_capacity(request.config)  # fail in seconds when the cluster can never fit it
     cluster = request.config.cluster
+    backend = "nccl" if cluster.use_gpu else "gloo"
     resources = worker_bundle(cluster)
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"request": request},
-        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        # Local mode: a rendezvous that listens nowhere (issue 16); a cluster: Ray's TCP one.
+        torch_config=(
+            LoopbackTorchConfig(backend=backend, rendezvous_dir=str(request.files().path("ray")))
+            if not cluster.address and ray_is_loopback_only()
+            else TorchConfig(backend=backend)
+        ),
         scaling_config=ScalingConfig(
             num_workers=cluster.num_workers, use_gpu=cluster.use_gpu, resources_per_worker=resources
         ),

@@ -66,6 +66,14 @@ class DistContext:
     def any_true(self, flag: bool) -> bool:
         return not self.all_true(not flag)
 
+    def all_gather_object(self, value: T) -> list[T]:
+        """Every rank's `value`, in rank order, on every rank (picklable, small)."""
+        if not self.distributed:
+            return [value]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def broadcast_object(self, value: T) -> T:
         if not self.distributed:
             return value

@@ -23,23 +23,40 @@ import torch
 import vit_core
 from pipelines.errors import CheckpointError
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
-from pipelines.train.checkpoint_files import Checkpoint, open_checkpoint
+from pipelines.train.checkpoint_files import Checkpoint, check_loadable, open_checkpoint
+from pipelines.train.safe_load import safe_load, weights_only_loads
 
 FORMATS = ("safetensors", "timm", "hf")
 
 
 def consolidated_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    """fp32 weights gathered from every rank's shard (any ZeRO stage, any world size)."""
+    """fp32 weights gathered from every rank's shard (any ZeRO stage, any world size).
+
+    Nothing read here can run code: the files must match the marker's hashes, pass the pickle
+    allowlist, and are loaded weights-only (DeepSpeed's zero_to_fp32 too). Non-finite weights
+    are refused."""
+    check_loadable(checkpoint)
     stage = int(checkpoint.meta.get("zero_stage", 0))
     if stage == 0:
-        model_file = checkpoint.path / "mp_rank_00_model_states.pt"
-        state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
-        return {k: v.float().contiguous() for k, v in state.items()}
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        state = safe_load(checkpoint.path / "mp_rank_00_model_states.pt")["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a progress report per file
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.root), tag=checkpoint.tag)
-    return {k: v.float().contiguous() for k, v in state.items()}
+        # It prints a progress report per file, and progress bars.
+        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        with quiet[0], quiet[1], weights_only_loads():
+            state = get_fp32_state_dict_from_zero_checkpoint(
+                str(checkpoint.root), tag=checkpoint.tag
+            )
+    state = {k: v.float().contiguous() for k, v in state.items()}
+    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} has non-finite weights (inf or nan) in {bad[0]}{more}; "
+            "it is not exported or loaded (resume from an earlier checkpoint)"
+        )
+    return state
 
 
 def load_checkpoint_model(checkpoint: Checkpoint):

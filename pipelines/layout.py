@@ -20,7 +20,6 @@ MARKER = "COMMITTED.json"
 LATEST = "latest"
 UNIVERSAL_DIR = "universal"
 TAG_PREFIX = "step_"
-RANK_STATE_PREFIX = "vitpipe_rank"
 DEEPSPEED_CONFIG_IN_CHECKPOINT = "ds_config.json"
 
 # An export dir (`vitpipe export`): weights + a config.json whose `format` is this.
@@ -39,10 +38,6 @@ def step_of_tag(name: str) -> int | None:
         return None
     digits = name[len(TAG_PREFIX) :]
     return int(digits) if digits.isdigit() else None
-
-
-def rank_state_name(rank: int) -> str:
-    return f"{RANK_STATE_PREFIX}{rank:05d}.pt"
 
 
 def sample_keys_name(rank: int) -> str:

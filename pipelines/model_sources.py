@@ -11,7 +11,7 @@ from typing import Any
 from pipelines.errors import CheckpointError
 from pipelines.export import load_checkpoint_model, load_exported
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT
-from pipelines.train.checkpoint_files import is_checkpoint_dir, open_checkpoint
+from pipelines.train.checkpoint_files import check_loadable, is_checkpoint_dir, open_checkpoint
 from vit_core import load_hf_dir
 
 
@@ -46,6 +46,15 @@ def source_kind(path: Path) -> str:
         "model.safetensors), a checkpoint dir (COMMITTED.json) or run dir, or a Hugging Face "
         "ViT dir (config.json with model_type 'vit')"
     )
+
+
+def check_source(path: str | Path) -> str:
+    """`source_kind`, and for a checkpoint `check_loadable` (hashes, pickle allowlist): what a
+    driver runs before it starts workers that load the model."""
+    kind = source_kind(Path(path))
+    if kind == "checkpoint":
+        check_loadable(open_checkpoint(Path(path)))
+    return kind
 
 
 def load_source_model(path: str | Path) -> SourceModel:

@@ -34,5 +34,6 @@ def resharded_rank_seed(seed: int, rank: int, step: int) -> int:
 
 
 def mix_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
-    """Mixup/CutMix of one micro-batch: a pure function of where it is in training."""
-    return ((seed * 1_000_003 + step) * 131 + micro_step) * 4099 + rank
+    """Mixup/CutMix of one micro-batch: a pure function of where it is in training. Reduced mod
+    2^64 (what `manual_seed` takes): the 0.1 seed wherever it fitted."""
+    return (((seed * 1_000_003 + step) * 131 + micro_step) * 4099 + rank) % 2**64

@@ -170,7 +170,7 @@ def test_torn_checkpoint_is_skipped_for_the_previous_one(fractal_shards, tmp_pat
     run_dir = tmp_path / "run"
     run_training_job(as_config(raw), run_dir=run_dir, progress=False, stop_at_step=10)
     root = run_dir / "checkpoints"
-    (root / "step_0000010" / "vitpipe_rank00001.pt").unlink()  # a rank's file lost
+    (root / "step_0000010" / "vitpipe_rank00001.json").unlink()  # a rank's file lost
     torn = root / "step_0000012"  # killed while saving: files, no marker
     torn.mkdir()
     (torn / "mp_rank_00_model_states.pt").write_bytes(b"partial")
@@ -180,7 +180,7 @@ def test_torn_checkpoint_is_skipped_for_the_previous_one(fractal_shards, tmp_pat
     assert result["status"] == "finished" and result["steps"] == TOTAL
     assert Path(result["resumed_from"]).name == "step_0000005"
     warnings = caplog.text
-    assert "step_0000010: file vitpipe_rank00001.pt is missing" in warnings
+    assert "step_0000010: file vitpipe_rank00001.json is missing" in warnings
     assert "step_0000012: no completion marker" in warnings
 
 

@@ -15,7 +15,7 @@ from launch.stages.training import run_training_job
 from pipelines.config import FinetuneSection, JobConfig
 from pipelines.export import export_checkpoint
 from pipelines.layout import EXPORT_DIR
-from pipelines.model_sources import source_kind
+from pipelines.model_sources import check_source
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.registry import log_and_register
 
@@ -34,7 +34,7 @@ def run_finetune_job(
 ) -> dict[str, Any] | None:
     if config.finetune is None:
         config = config.model_copy(update={"finetune": FinetuneSection()})
-    kind = source_kind(Path(init_from))  # a wrong --from fails here, before anything starts
+    kind = check_source(init_from)  # a wrong or unsafe --from fails here, before anything starts
 
     def export_and_register(summary: dict[str, Any], target: TrackingTarget | None):
         return _export_and_register(config, summary, target)

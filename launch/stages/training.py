@@ -34,7 +34,7 @@ from pipelines.run_storage import RunDir, check_run_dir_supported, check_trackin
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.run_params import run_params
 from pipelines.train.checkpoint import check_same_model, select_checkpoint
-from pipelines.train.checkpoint_files import Checkpoint
+from pipelines.train.checkpoint_files import Checkpoint, check_loadable
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.model_init import architecture
 from pipelines.train.request import TrainRequest
@@ -125,6 +125,7 @@ def _resume_point(request: TrainRequest) -> Checkpoint | None:
         config = request.config
         num_classes = config.model.num_classes or _manifest_classes(config)
         check_same_model(found, architecture(request, num_classes))
+        check_loadable(found)  # hashes match, no file could run code (issue 16)
     return found
 
 

@@ -2,12 +2,20 @@
 
 Strict mode is deliberate: PyYAML reads `3e-4` as the string "3e-4" and `no` as False; with
 lax coercion those would silently become numbers or strings, so we reject them with a hint.
+`.inf` and `.nan` are refused in every float field. `Seed` is the one range every seed shares
+(numpy's legacy generator and torch's both take it; derived seeds stay below 2^64).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="0 <= seed < 2^32")]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, validate_default=True, allow_inf_nan=False
+    )

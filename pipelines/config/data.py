@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config.base import Section
+from pipelines.config.base import Section, Seed
+from pipelines.config.model import MAX_IMG_SIZE
 from pipelines.data.labels import LABEL_KEY_PATTERN
 from pipelines.errors import ConfigError
 
@@ -20,14 +21,18 @@ class SourceSection(Section):
     image_column: str = "image"
     label_column: str = "label"
     path_column: str = "path"
-    num_classes: int = Field(10, ge=1, description="fractal: number of classes")
-    images_per_class: int = Field(100, ge=1, description="fractal: images per class")
-    image_size: int = Field(64, ge=8, description="fractal: rendered size; digits: upscaled size")
-    num_points: int = Field(20_000, ge=100, description="fractal: chaos-game points per image")
+    num_classes: int = Field(10, ge=1, le=1_000_000, description="fractal: number of classes")
+    images_per_class: int = Field(100, ge=1, le=10_000_000, description="fractal: images per class")
+    image_size: int = Field(
+        64, ge=8, le=MAX_IMG_SIZE, description="fractal: rendered size; digits: upscaled size"
+    )
+    num_points: int = Field(
+        20_000, ge=100, le=100_000_000, description="fractal: chaos-game points per image"
+    )
     random_orientation: bool = Field(
         True, description="fractal: a random flip and quarter turn per image"
     )
-    seed: int = 0
+    seed: Seed = 0
     max_file_bytes: int = Field(
         512 * 2**20, ge=1, description="larger input files are rejected as too_large"
     )
@@ -67,13 +72,15 @@ class SourceSection(Section):
 class ShardSection(Section):
     source: SourceSection
     output: str | None = Field(None, description="None: <run dir>/shards")
-    samples_per_shard: int = Field(1000, ge=1)
-    max_size: int | None = Field(None, ge=8, description="resize the shorter side on write")
+    samples_per_shard: int = Field(1000, ge=1, le=10_000_000)
+    max_size: int | None = Field(
+        None, ge=8, le=4 * MAX_IMG_SIZE, description="resize the shorter side on write"
+    )
     image_format: Literal["jpeg", "png", "keep"] = "jpeg"
     jpeg_quality: int = Field(95, ge=1, le=100)
     val_fraction: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
-    num_workers: int = Field(2, ge=1, description="Ray tasks in flight")
+    seed: Seed = 0
+    num_workers: int = Field(2, ge=1, le=100_000, description="Ray tasks in flight")
     max_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected")
 
 
@@ -85,9 +92,9 @@ class DataSection(Section):
     fewshot_shards: str | None = Field(
         None, description="a shard dir with train/val splits for few-shot evaluation"
     )
-    num_workers: int = Field(2, ge=0, description="dataloader workers per rank")
-    prefetch_factor: int = Field(2, ge=1)
-    shuffle_buffer: int = Field(1000, ge=0)
+    num_workers: int = Field(2, ge=0, le=256, description="dataloader workers per rank")
+    prefetch_factor: int = Field(2, ge=1, le=1024)
+    shuffle_buffer: int = Field(1000, ge=0, le=10_000_000)
     max_skip_fraction: float = Field(0.01, ge=0, le=1)
     decode_device: Literal["cpu", "cuda"] = "cpu"
     pin_memory: bool | None = Field(None, description="None: on when training on a GPU")
@@ -123,12 +130,12 @@ class AugmentSection(Section):
     ratio: list[float] = Field([0.75, 1.3333333], min_length=2, max_length=2)
     hflip: float = Field(0.5, ge=0, le=1)
     randaugment: bool = False
-    randaugment_num_ops: int = Field(2, ge=1)
+    randaugment_num_ops: int = Field(2, ge=1, le=64)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)
-    mean: list[float] = Field([0.5, 0.5, 0.5], min_length=1)
-    std: list[float] = Field([0.5, 0.5, 0.5], min_length=1)
+    mean: list[float] = Field([0.5, 0.5, 0.5], min_length=1, max_length=64)
+    std: list[float] = Field([0.5, 0.5, 0.5], min_length=1, max_length=64)
     eval_crop_pct: float = Field(0.875, gt=0, le=1)
 
     @model_validator(mode="after")

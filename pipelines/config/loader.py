@@ -21,6 +21,9 @@ from pipelines.config.runlocal import shrink
 from pipelines.errors import ConfigError
 
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# A config is a few hundred values; these bound what a hostile or broken file can make us build.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # counted with every alias expanded (an alias bomb is ~10 lines)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
@@ -34,14 +37,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: {path.stat().st_size} bytes is not a config (at most {MAX_CONFIG_BYTES})"
+        )
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a text (UTF-8) file: byte {err.start} is 0x{data[err.start]:02x}"
+        ) from None
+    try:
+        raw = safe_load_bounded(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(
-            f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}"
+            f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}"
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config: nested too deeply") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -51,13 +67,59 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses documents expanding to more than MAX_YAML_NODES nodes."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        total = _expanded_size(node, {}, MAX_YAML_NODES)
+        if total > MAX_YAML_NODES:
+            raise yaml.YAMLError(
+                f"its anchors and aliases expand to more than {MAX_YAML_NODES} values "
+                "(an alias bomb?); write the values out"
+            )
+        return self.construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int], limit: int) -> int:
+    """Nodes under `node` counting every alias as a full copy; stops early past `limit`."""
+    known = seen.get(id(node))
+    if known is not None:
+        return known
+    seen[id(node)] = limit + 1  # a node met again while being counted: a cycle
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, seen, limit)
+        if total > limit:
+            break
+    seen[id(node)] = total
+    return total
+
+
+def safe_load_bounded(text: str) -> Any:
+    """`yaml.safe_load` with a cap on the expanded size (aliases counted in full)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_override_value(text: str) -> Any:
     """A `--set` value as YAML, except that `3e-4` is a number (PyYAML 1.1 reads it as text)."""
     if _NUMBER_RE.match(text.strip()):
         value = float(text)
         return int(value) if re.fullmatch(r"[-+]?\d+", text.strip()) else value
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return safe_load_bounded(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
 
@@ -122,12 +184,22 @@ def _describe(error: dict[str, Any], root: type[BaseModel] = JobConfig) -> str:
         return f"{dotted}: unknown key; {hint}"
     if kind in ("float_type", "int_type") and isinstance(given, str):
         hint = ""
-        if _NUMBER_RE.match(given.strip()):
+        if _NUMBER_RE.match(given.strip()) and kind == "int_type":
+            value = float(given)
+            hint = (
+                f" (YAML reads {given} as text: write the integer {int(value)})"
+                if value.is_integer() and abs(value) < 1e18
+                else " (an integer is required)"
+            )
+        elif _NUMBER_RE.match(given.strip()):
             hint = (
                 f" (YAML reads {given} as text: write it with a decimal point and signed "
                 f"exponent, e.g. {_yaml_float(given)})"
             )
         return f"{dotted}: expected a number, got the string {given!r}{hint}"
+    if kind == "int_type" and isinstance(given, float):
+        hint = f"; write {int(given)}" if given.is_integer() else ""
+        return f"{dotted}: expected an integer, got {given!r}{hint}"
     if kind == "string_type" and isinstance(given, bool):
         return (
             f"{dotted}: expected a string, got {given} (YAML reads yes/no/on/off as booleans; "

@@ -17,6 +17,9 @@ from pydantic import Field, model_validator
 import vit_core
 from pipelines.config.base import Section
 
+# Beyond these a value is a typo, not a model anyone trains (ViT-22B: dim 6144, depth 48); vit_core
+# owns what a valid model is, these only stop a typo from allocating terabytes.
+MAX_IMG_SIZE = 4096
 SIGMOID_HEAD_BIAS = -10.0  # big_vision's init for sigmoid losses: start at p ~ 4.5e-5 per class
 PLACEHOLDER_CLASSES = 1000  # validation only, when the class count comes from the manifest
 # What may change on resume: an init choice and regularisation rates (same parameters, same
@@ -35,14 +38,18 @@ class BackboneSection(Section):
 
 class ModelSection(Section):
     name: str = "vit_base_patch16"
-    img_size: int | None = Field(None, description="None: the preset's (224, or the name's suffix)")
-    patch_size: int | None = Field(None, description="None: the preset's patch size")
-    in_chans: int | None = None
-    num_classes: int | None = Field(None, description="None: class count of the manifest")
-    dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
+    img_size: int | None = Field(
+        None, le=MAX_IMG_SIZE, description="None: the preset's (224, or the name's suffix)"
+    )
+    patch_size: int | None = Field(None, le=512, description="None: the preset's patch size")
+    in_chans: int | None = Field(None, le=64)
+    num_classes: int | None = Field(
+        None, le=1_000_000, description="None: class count of the manifest"
+    )
+    dim: int | None = Field(None, le=32768)
+    depth: int | None = Field(None, le=1024)
+    num_heads: int | None = Field(None, le=1024)
+    mlp_ratio: float | None = Field(None, le=64)
     qkv_bias: bool | None = None
     ln_eps: float | None = None
     pool: str | None = Field(None, description="cls | mean")
@@ -51,7 +58,7 @@ class ModelSection(Section):
         description="mlp | linear; None: mlp (the paper's pretraining head), or linear for "
         "a distilled model (DeiT's two heads)",
     )
-    head_hidden_dim: int | None = None
+    head_hidden_dim: int | None = Field(None, le=131072)
     drop_rate: float | None = None
     attn_drop_rate: float | None = None
     drop_path_rate: float | None = None

@@ -36,12 +36,14 @@ class ClusterSection(Section):
     and `min_workers` holds the min. A dumped config writes `num_workers: [min, max]` back."""
 
     address: str | None = Field(None, description="None: start a local Ray bound to 127.0.0.1")
-    num_workers: int = Field(2, ge=1, description="a count, or [min, max]: then the max")
+    num_workers: int = Field(
+        2, ge=1, le=100_000, description="a count, or [min, max]: then the max"
+    )
     min_workers: int | None = Field(None, ge=1, description="set by num_workers: [min, max]")
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, le=4096)
     resources_per_worker: dict[str, float] = {}
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(0, ge=-1, le=10_000)
     storage_path: str | None = Field(None, description="None: <run dir>/ray")
     local_scratch: str | None = Field(
         None, description="node-local staging dir; None: a temp dir; {node_id} is replaced"

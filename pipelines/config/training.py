@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config.base import Section
+from pipelines.config.base import Section, Seed
+from pipelines.config.model import MAX_IMG_SIZE
+
+MAX_GLOBAL_BATCH = 2**20  # samples per optimizer step: 16x the largest ViT recipes
 
 
 class OptimSection(Section):
@@ -14,6 +17,13 @@ class OptimSection(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> OptimSection:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={self.betas} must each be in [0, 1)")
+        return self
+
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0, description="None: no clipping")
@@ -43,11 +53,11 @@ class DeepSpeedSection(Section):
 
 
 class TrainSection(Section):
-    total_steps: int = Field(1000, ge=1)
-    global_batch_size: int = Field(256, ge=1)
-    micro_batch_size: int = Field(32, ge=1)
-    grad_accum_steps: int | None = Field(None, ge=1, description="None: derived")
-    seed: int = 0
+    total_steps: int = Field(1000, ge=1, le=10**9)
+    global_batch_size: int = Field(256, ge=1, le=MAX_GLOBAL_BATCH)
+    micro_batch_size: int = Field(32, ge=1, le=65536)
+    grad_accum_steps: int | None = Field(None, ge=1, le=65536, description="None: derived")
+    seed: Seed = 0
     loss: Literal["softmax_ce", "sigmoid_bce"] = "softmax_ce"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     log_every_n_steps: int = Field(10, ge=1)
@@ -63,7 +73,7 @@ class TrainSection(Section):
     )
     peak_tflops: float | None = Field(None, gt=0, description="None: measured at start-up")
     fewshot_every_n_steps: int | None = Field(None, ge=1)
-    fewshot_shots: list[int] = Field([5, 10], min_length=1)
+    fewshot_shots: list[Annotated[int, Field(ge=1, le=100_000)]] = Field([5, 10], min_length=1)
     record_sample_keys: bool = Field(
         False, description="write every consumed sample key to <run dir>/sample_keys/ (audits)"
     )
@@ -71,7 +81,7 @@ class TrainSection(Section):
 
 class CheckpointSection(Section):
     every_n_steps: int | None = Field(None, ge=1, description="None: only at the end")
-    keep_last: int = Field(2, ge=2)
+    keep_last: int = Field(2, ge=2, le=10_000)
 
 
 class FinetuneSection(Section):
@@ -80,6 +90,8 @@ class FinetuneSection(Section):
     clipping at 1.0, warmup then cosine): set those in `optim:`/`schedule:`."""
 
     mode: Literal["full", "linear_probe"] = "full"
-    img_size: int | None = Field(None, ge=8, description="None: the source model's size")
+    img_size: int | None = Field(
+        None, ge=8, le=MAX_IMG_SIZE, description="None: the source model's size"
+    )
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     register_model: bool = Field(True, description="register the fine-tuned model in MLflow")

@@ -21,6 +21,8 @@ from pipelines.errors import TrackingError
 log = logging.getLogger(__name__)
 _PARAM_BATCH = 100
 _PARAM_VALUE_LIMIT = 6000
+# On a run that continues a checkpoint whose MLflow run this tracking store does not have.
+RESUMED_RUN_TAG = "vitpipe.resumed_mlflow_run_id"
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,27 @@ def open_run(
     try:
         check_reachable(uri)
         client = _client(uri)
+        all_tags = dict(tags or {})
         if run_id:
-            run = client.get_run(run_id)
-            client.update_run(run_id, status="RUNNING")
-            return TrackingTarget(uri, run_id, run.info.experiment_id)
+            run = _existing_run(client, run_id)
+            if run is not None:
+                client.update_run(run_id, status="RUNNING")
+                return TrackingTarget(uri, run_id, run.info.experiment_id)
+            # A run dir copied to another machine, or another tracking.uri: go on in a new run.
+            log.warning(
+                "MLflow run %s is not in %s; continuing in a new run tagged %s=%s",
+                run_id,
+                tracking.uri,
+                RESUMED_RUN_TAG,
+                run_id,
+            )
+            all_tags[RESUMED_RUN_TAG] = run_id
         experiment = client.get_experiment_by_name(tracking.experiment)
         experiment_id = (
             experiment.experiment_id
             if experiment
             else client.create_experiment(tracking.experiment)
         )
-        all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -104,6 +116,19 @@ def open_run(
             ) from None
         log.warning("tracking is off for this job (%s: %s)", type(err).__name__, err)
         return None
+
+
+def _existing_run(client, run_id: str):
+    """The run, or None when this store has no such run (or it was deleted)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return None if run.info.lifecycle_stage == "deleted" else run
 
 
 def log_params(target: TrackingTarget, params: dict[str, Any]) -> None:

@@ -19,10 +19,13 @@ from pipelines.config import JobConfig
 from pipelines.config.model import architecture_changes
 from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
+from pipelines.layout import checkpoint_tag
 from pipelines.seeds import rank_seed, resharded_rank_seed
 from pipelines.train import checkpoint_files as files
+from pipelines.train import marker as markers
 from pipelines.train.checkpoint_files import Checkpoint
 from pipelines.train.distill import check_same_teacher, teacher_identity
+from pipelines.train.rank_state import read_rank_state, rng_state, set_rng_state, write_rank_state
 from pipelines.train.request import TrainRequest
 from pipelines.train.universal import convert_to_universal, universal_location
 from vit_core import ViTConfig
@@ -121,10 +124,10 @@ class Checkpointer:
             found.step, int(meta.get("epoch", 0)), int(meta.get("samples_seen", 0))
         )
         same_topology = found.world_size == self.ctx.world_size
-        loader_state, rng = files.read_rank_state(found, self.ctx.rank if same_topology else 0)
+        loader_state, rng = read_rank_state(found.path, self.ctx.rank if same_topology else 0)
         loader.load_state_dict(loader_state)
         if same_topology:
-            files.set_rng_state(rng)
+            set_rng_state(rng)
         else:
             torch.manual_seed(
                 resharded_rank_seed(int(meta.get("seed", 0)), self.ctx.rank, found.step)
@@ -143,22 +146,24 @@ class Checkpointer:
     def _save(self) -> Path:
         """All ranks write their part; rank 0 commits only once every rank succeeded."""
         ctx, progress = self.ctx, self._progress
-        path = self.root / files.checkpoint_tag(progress.step)
+        path = self.root / checkpoint_tag(progress.step)
         if ctx.is_main:
             files.prepare_folder(self.root, progress.step)
         ctx.barrier()
-        ok = True
         try:
-            self._engine.save(self.root, path.name)
-            files.write_rank_state(path, ctx.rank, self._loader.state_dict())
-        except Exception as err:
-            ok = False
-            log.error("rank %d failed to write checkpoint %s: %s", ctx.rank, path, err)
-        if not ctx.all_true(ok):
-            raise CheckpointError(f"checkpoint {path} was not committed: a rank failed to write it")
+            names = self._engine.save(self.root, path.name)
+            loader_state = self._loader.state_dict()
+            names += [p.name for p in write_rank_state(path, ctx.rank, loader_state, rng_state())]
+            report = markers.report(path, names)
+        except OSError as err:
+            # DeepSpeed's save left the other ranks in collectives this rank cannot match now:
+            # fail at once; the launcher (Ray Train, torchrun) then stops the other ranks.
+            raise CheckpointError(
+                f"rank {ctx.rank} could not write checkpoint {path}: {err}"
+            ) from None
+        reports = ctx.all_gather_object(report)
         if ctx.is_main:
-            meta = {**self._meta, **asdict(progress)}
-            files.commit(path, progress.step, ctx.world_size, meta)
+            files.commit(path, progress.step, reports, {**self._meta, **asdict(progress)})
             files.prune(self.root, self._config.checkpoint.keep_last)
         ctx.barrier()
         return path

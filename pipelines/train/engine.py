@@ -15,6 +15,7 @@ from pipelines.layout import DEEPSPEED_CONFIG_IN_CHECKPOINT
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.fast_path import FastPath
 from pipelines.train.optim import build_optimizer
+from pipelines.train.safe_load import vet_folder, weights_only_loads
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -75,7 +76,9 @@ class DeepSpeedEngine:
             return None
         return float(norm.item() if isinstance(norm, torch.Tensor) else norm)
 
-    def save(self, root: Path, tag: str) -> None:
+    def save(self, root: Path, tag: str) -> list[str]:
+        """Write this rank's part of checkpoint `tag` under `root`; returns the names (relative
+        to the tag's folder) of the files this rank wrote, for the commit marker."""
         from deepspeed.checkpoint.constants import (
             UNIVERSAL_CHECKPOINT_INFO,
             UNIVERSAL_CHECKPOINT_VERSION_KEY,
@@ -89,20 +92,39 @@ class DeepSpeedEngine:
                 UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE
             }
         }
-        # DeepSpeed's own `latest` is written before its barrier: ours is the commit marker.
-        self._engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
+        folder = Path(root) / tag
+        written: list[str] = []
+        writer = self._engine.checkpoint_engine
+        original = writer.save
+
+        def recording_save(state_dict, path, *args, **kwargs):
+            original(state_dict, path, *args, **kwargs)
+            written.append(Path(path).resolve().relative_to(folder.resolve()).as_posix())
+
+        writer.save = recording_save  # every file DeepSpeed writes goes through it
+        try:
+            # DeepSpeed's own `latest` is written before its barrier: ours is the commit marker.
+            self._engine.save_checkpoint(str(root), tag=tag, client_state=state, save_latest=False)
+        finally:
+            writer.save = original
         if self._engine.global_rank == 0:
-            (root / tag / DEEPSPEED_CONFIG_IN_CHECKPOINT).write_text(
+            (folder / DEEPSPEED_CONFIG_IN_CHECKPOINT).write_text(
                 json.dumps(self.ds_config, indent=1)
             )
+            written.append(DEEPSPEED_CONFIG_IN_CHECKPOINT)
+        return written
 
     def load(self, root: Path, tag: str, *, load_optimizer: bool = True) -> None:
-        path, _ = self._engine.load_checkpoint(
-            str(root),
-            tag=tag,
-            load_optimizer_states=load_optimizer,
-            load_lr_scheduler_states=False,
-            load_module_only=not load_optimizer,
-        )
+        # DeepSpeed unpickles what it reads: vet every file first (a one-line refusal naming the
+        # file), then force its loads weights-only, so a file swapped after vetting is refused.
+        vet_folder(Path(root) / tag)
+        with weights_only_loads():
+            path, _ = self._engine.load_checkpoint(
+                str(root),
+                tag=tag,
+                load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=False,
+                load_module_only=not load_optimizer,
+            )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load {root / tag}")

@@ -1,18 +1,31 @@
 """Resuming on a different number of workers: convert a sharded ZeRO checkpoint to DeepSpeed's
-universal format once (on rank 0), then every rank loads it with `load_universal`."""
+universal format once (on rank 0), then every rank loads it with `load_universal`.
+
+DeepSpeed unpickles both the source files (conversion) and the converted ones (loading), so the
+source is vetted before conversion (`safe_load.vet_folder`), conversion runs with weights-only
+loads forced, and the `CONVERTED` file records the size and sha256 of every file written. A
+conversion is reused only while its files still match `CONVERTED`; `engine.load` vets them again.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import json
+import logging
 import shutil
 from pathlib import Path
 
 from pipelines.layout import UNIVERSAL_DIR
+from pipelines.train import marker as markers
 from pipelines.train.checkpoint_files import Checkpoint
+from pipelines.train.safe_load import vet_folder, weights_only_loads
+
+log = logging.getLogger(__name__)
 
 _DONE = "CONVERTED"
+_FORMAT = "vitpipe-universal"
 
 
 def universal_location(checkpoint: Checkpoint) -> tuple[Path, str]:
@@ -21,13 +34,17 @@ def universal_location(checkpoint: Checkpoint) -> tuple[Path, str]:
 
 
 def convert_to_universal(checkpoint: Checkpoint) -> Path:
-    """Idempotent: a finished conversion is reused; a torn one is redone from scratch."""
+    """Idempotent: a finished, intact conversion is reused; a torn or changed one is redone."""
     from deepspeed.checkpoint import ds_to_universal
 
     load_dir, tag = universal_location(checkpoint)
     out = load_dir / tag
     if (out / _DONE).is_file():
-        return out
+        problem = converted_problem(out, checkpoint.tag)
+        if problem is None:
+            return out
+        log.warning("redoing the universal conversion %s: %s", out, problem)
+    vet_folder(checkpoint.path)
     tmp = load_dir / f".{tag}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
@@ -41,8 +58,35 @@ def convert_to_universal(checkpoint: Checkpoint) -> Path:
         strict=True,
         inject_missing_state=False,
     )
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), weights_only_loads():
         ds_to_universal.main(args)
-    (tmp / _DONE).write_text(checkpoint.tag + "\n")
+    files = {
+        p.relative_to(tmp).as_posix(): markers.digest(p)
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
+    done = {"format": _FORMAT, "tag": checkpoint.tag, "files": files}
+    (tmp / _DONE).write_text(json.dumps(done, indent=1, sort_keys=True))
     tmp.rename(out)
     return out
+
+
+def converted_problem(out: Path, tag: str) -> str | None:
+    """Why the conversion in `out` cannot be reused, or None: its `CONVERTED` file must list
+    every file with the size and sha256 they still have, and no torch file may run code."""
+    try:
+        done = json.loads((out / _DONE).read_text())
+        files = done["files"]
+        if done.get("format") != _FORMAT or done.get("tag") != tag or not files:
+            return "its CONVERTED file is from another version or checkpoint"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "its CONVERTED file lists no hashes (an earlier vitpipe wrote it)"
+    present = {
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != _DONE
+    }
+    if present != set(files):
+        return "its files differ from those listed in CONVERTED"
+    for name, entry in files.items():
+        if markers.digest(out / name) != {"size": entry.get("size"), "sha256": entry.get("sha256")}:
+            return f"{name} changed since conversion"
+    return None

@@ -53,6 +53,7 @@ from pipelines.data.loader.counters import LoaderCounters
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
 from pipelines.data.loader.device_decode import DeviceDecoder
 from pipelines.data.loader.device_prefetch import prefetched
+from pipelines.data.loader.exit_with_trainer import exit_with_this_process
 from pipelines.data.loader.loader_state import (
     LoaderState,
     decode_state,
@@ -275,6 +276,7 @@ class ShardLoader:
             )
             if workers
             else None,
+            worker_init_fn=exit_with_this_process() if workers else None,  # no orphans
             # Its own generator: creating the iterator must not draw from torch's global RNG,
             # or a resumed run's dropout/drop-path stream would shift against the original.
             generator=torch.Generator().manual_seed(derive_seed("dataloader", self.seed)),
