@@ -29,7 +29,7 @@ from pipelines.train.losses import classification_loss
 from pipelines.train.metrics import MetricsFile, Throughput
 from pipelines.train.model_init import build_model
 from pipelines.train.optim import set_lr
-from pipelines.train.peak import measured_peak_flops
+from pipelines.train.peak import Peaks, device_name, math_dtype, measured_peak_flops, resolve_peaks
 from pipelines.train.request import TrainRequest
 from pipelines.train.schedule import lr_factor
 from pipelines.train.universal import convert_to_universal, universal_location
@@ -95,7 +95,7 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
         keys_file = MetricsFile(keys_path, resume_step=resumed_step)
     tracker = ctx.on_main(lambda: _async_tracker(request))
     flops_per_image = _flops(vit_config)
-    peak = _peak_flops(config, ctx, fast)
+    peaks = _peak_flops(config, ctx, fast)
     meta = _checkpoint_meta(request, vit_config, num_classes, manifest, ctx)
 
     stop = _StopSignal(request)
@@ -163,8 +163,8 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
                 record = _window_metrics(
                     ctx, loss_sum, window_steps * accum, throughput, engine, lr, progress
                 )
-                record["mfu"] = (
-                    3 * flops_per_image * record["images_per_sec"] / (peak * ctx.world_size)
+                record.update(
+                    peaks.mfu(3 * flops_per_image * record["images_per_sec"], ctx.world_size)
                 )
                 record.update(_loader_metrics(ctx, train_loader))
                 last_loss = record["train/loss"]
@@ -225,7 +225,8 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
         "val_loss": last_eval.loss if last_eval else None,
         "images_per_sec": world_images,
         "data_wait_frac": world_wait / ctx.world_size,
-        "mfu": 3 * flops_per_image * world_images / (peak * ctx.world_size),
+        **peaks.mfu(3 * flops_per_image * world_images, ctx.world_size),
+        "mfu_peak": peaks.source,
         "fast_path": fast.describe(),
         "checkpoint": str(last_checkpoint) if last_checkpoint else None,
         "resumed_from": str(resume_from.path) if resume_from else None,
@@ -515,14 +516,16 @@ def _flops(vit_config) -> float:
     return float(flops(vit_config))
 
 
-def _peak_flops(config: JobConfig, ctx: DistContext, fast: FastPath) -> float:
-    """Against the dtype the matmuls actually run in: bf16 weights or bf16 autocast on a GPU."""
-    if config.train.peak_tflops:
-        return config.train.peak_tflops * 1e12
-    bf16_math = config.deepspeed.precision == "bf16" or fast.autocast
-    dtype = "bfloat16" if bf16_math and ctx.device == "cuda" else "float32"
-    measured = ctx.on_main(lambda: measured_peak_flops(ctx.device, dtype))
-    return float(ctx.broadcast_object(measured))
+def _peak_flops(config: JobConfig, ctx: DistContext, fast: FastPath) -> Peaks:
+    """The rated peak of the dtype the matmuls run in (`mfu`) and the measured one."""
+    on_gpu = ctx.device == "cuda"
+    dtype = math_dtype(config.deepspeed.precision, autocast=fast.autocast, on_gpu=on_gpu)
+    measure = dtype if on_gpu else "fp32"
+    found = ctx.on_main(
+        lambda: (device_name(ctx.torch_device()), measured_peak_flops(ctx.device, measure))
+    )
+    name, measured = ctx.broadcast_object(found)
+    return resolve_peaks(name, dtype, measured=measured, override_tflops=config.train.peak_tflops)
 
 
 def _log_start(ctx, request, progress, engine, accum, loader, fast: FastPath) -> None:
