@@ -20,6 +20,7 @@ import torch
 
 from pipelines.errors import CheckpointError
 from pipelines.train.checkpoint import Checkpoint, open_checkpoint
+from pipelines.train.fp32_master import fp32_master_weights
 
 FORMATS = ("safetensors", "timm", "hf")
 EXPORT_FORMAT = "vitpipe-export"
@@ -30,7 +31,8 @@ def consolidated_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     stage = int(checkpoint.meta.get("zero_stage", 0))
     if stage == 0:
         model_file = checkpoint.path / "mp_rank_00_model_states.pt"
-        state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+        # bf16/fp16 weights: their fp32 master copies are in the optimizer state.
+        state = fp32_master_weights(torch.load(model_file, map_location="cpu", weights_only=False))
         return {k: v.float().contiguous() for k, v in state.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
