@@ -132,6 +132,7 @@ def make_loader(
     img_size: int = 16,
     max_skip_fraction: float = 0.0,
     decode_on=None,
+    device=None,
     **augment: object,
 ):
     """A ShardLoader with test-sized defaults (imported lazily to keep this module light)."""
@@ -156,4 +157,5 @@ def make_loader(
         img_size=img_size,
         train=train,
         decode_on=decode_on,
+        device=device,
     )

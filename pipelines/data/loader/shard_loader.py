@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
 from pipelines.data.loader.device_decode import DeviceDecoder
-from pipelines.data.loader.device_prefetch import prefetched
+from pipelines.data.loader.device_prefetch import DeviceBatch, prefetched
 from pipelines.data.loader.read_plan import (
     EpochPlan,
     Segment,
@@ -142,7 +142,12 @@ class ShardLoader:
         self._totals: Counter[str] = Counter()
         self._live: dict[int, dict[str, int]] = {}
         self._resume_note = "fresh start (no loader state loaded)"
-        self._decoder: DeviceDecoder | None = None
+        # Worker batches (uint8 or encoded images) -> normalised float32 on the device.
+        self._decoder = (
+            None
+            if decode_on is None
+            else DeviceDecoder(decode_on, img_size, augment.mean, augment.std, train=train)
+        )
         self._plan()  # an impossible plan fails here, before any process starts
 
     # -- epochs and sizes ------------------------------------------------------------------
@@ -242,10 +247,12 @@ class ShardLoader:
         )
         self._fold_live()
         batches = self._checked(loader)
-        if self.decode_on is not None:
-            batches = map(self._device_decoder(), batches)
-        elif self.device is not None:
-            batches = prefetched(batches, self.device)
+        stage = self._decoder or DeviceBatch(
+            self.device or "cpu", self.augment.mean, self.augment.std
+        )
+        batches = (
+            map(stage, batches) if self.device is None else prefetched(batches, stage, self.device)
+        )
         try:
             for batch in batches:
                 # Counted when handed out, not when read ahead: a checkpoint taken now resumes
@@ -254,13 +261,6 @@ class ShardLoader:
                 yield batch
         finally:
             self._fold_live()
-
-    def _device_decoder(self) -> DeviceDecoder:
-        if self._decoder is None:
-            self._decoder = DeviceDecoder(
-                self.decode_on, self.img_size, self.augment.mean, self.augment.std, train=self.train
-            )
-        return self._decoder
 
     def _checked(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         for batch in loader:
