@@ -102,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"default: {' '.join(CUDA_MODELS)} on CUDA, {' '.join(CPU_MODELS)} on CPU",
     )
     p.add_argument("--modes", default="eager,compiled", help="comma list of eager, compiled")
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=None,
+        metavar="MODEL@MODE",
+        help="instead of every --models x --modes: these pairs, in this order",
+    )
     p.add_argument("--compile-mode", default="default", help="torch.compile mode")
     p.add_argument("--batch", type=int, default=None, help="default: per model (CUDA) / 16 (CPU)")
     p.add_argument("--steps", type=int, default=None, help="steps per window (CUDA 20, CPU 1)")
@@ -154,6 +161,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value, least = getattr(args, name), 0 if name == "warmup" else 1
         if value is not None and value < least:
             p.error(f"--{name.replace('_', '-')} {value}: must be >= {least}")
+    if args.pairs:
+        args.pairs = [tuple(pair.rsplit("@", 1)) for pair in args.pairs]
+        bad = [pair for pair in args.pairs if len(pair) != 2 or pair[1] not in MODES]
+        if bad:
+            p.error(f"--pairs {bad}: each must be MODEL@MODE with MODE one of {list(MODES)}")
+        args.models = list(dict.fromkeys(spec for spec, _ in args.pairs))
+        args.modes = list(dict.fromkeys(mode for _, mode in args.pairs))
+    else:
+        args.pairs = [(spec, mode) for spec in args.models for mode in args.modes]
     try:
         args.configs = {spec: parse_model(spec, args.num_classes) for spec in args.models}
     except ValueError as err:
@@ -267,7 +283,7 @@ def bench_pair(
                 "window_spread": max(r.wall) / min(r.wall),
             }
         )
-    if args.kernels and (spec, mode) == (args.models[0], args.modes[0]) and "vit_core" in runners:
+    if args.kernels and (spec, mode) == args.pairs[0] and "vit_core" in runners:
         kernels = top_kernels(
             runners["vit_core"].step, x, y, device, args.kernels, args.profile_steps
         )
@@ -339,7 +355,7 @@ def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     whose self time differs most between the two (where a ratio != 1 comes from)."""
     from torch.profiler import ProfilerActivity, profile
 
-    spec, mode = args.models[0], args.modes[0]
+    spec, mode = args.pairs[0]
     config = args.configs[spec]
     batch = args.batch or default_batch(spec, config, device)
     x, y = synthetic_batch(config, batch, device, args.seed)
@@ -398,7 +414,7 @@ def run_with_loader(args: argparse.Namespace, device: torch.device, peaks: Peaks
     from pipelines.config.data import AugmentSection, DataSection
     from pipelines.data.loader import ShardLoader
 
-    spec, mode = args.models[0], args.modes[0]
+    spec, mode = args.pairs[0]
     workers = args.workers
     if workers is None:
         workers = max(2, (os.cpu_count() or 2) - 2) if device.type == "cuda" else 2
@@ -525,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["loader"] = run_with_loader(args, device, peaks(device, dtype, peak))
     else:
         rows: list[dict[str, Any]] = []
-        pairs = [(spec, mode) for spec in args.models for mode in args.modes]
+        pairs = args.pairs
         for i, (spec, mode) in enumerate(pairs, 1):
             print(f"[{i}/{len(pairs)}] {spec} {mode} ...", file=sys.stderr, flush=True)
             rows += bench_pair(spec, mode, args, device)

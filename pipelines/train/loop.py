@@ -29,7 +29,14 @@ from pipelines.train.losses import classification_loss
 from pipelines.train.metrics import MetricsFile, Throughput
 from pipelines.train.model_init import build_model
 from pipelines.train.optim import set_lr
-from pipelines.train.peak import Peaks, device_name, math_dtype, measured_peak_flops, resolve_peaks
+from pipelines.train.peak import (
+    Peaks,
+    device_name,
+    math_dtype,
+    measured_peak_flops,
+    peak_memory_bytes,
+    resolve_peaks,
+)
 from pipelines.train.request import TrainRequest
 from pipelines.train.schedule import lr_factor
 from pipelines.train.universal import convert_to_universal, universal_location
@@ -228,6 +235,7 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
         **peaks.mfu(3 * flops_per_image * world_images, ctx.world_size),
         "mfu_peak": peaks.source,
         "fast_path": fast.describe(),
+        "peak_memory_bytes": peak_memory_bytes(engine.device),
         "checkpoint": str(last_checkpoint) if last_checkpoint else None,
         "resumed_from": str(resume_from.path) if resume_from else None,
         "num_classes": num_classes,

@@ -78,7 +78,7 @@ def resolve_peaks(
     rated = rated_peak_flops(device_name, dtype)
     if rated is not None:
         return Peaks(rated, measured, f"rated {dtype} peak of {device_name}")
-    return Peaks(measured, measured, f"measured {dtype} matmul (no rated peak for {device_name})")
+    return Peaks(measured, measured, f"measured matmul (no rated {dtype} peak for {device_name})")
 
 
 def device_name(device: str | torch.device) -> str:
@@ -124,6 +124,11 @@ def measured_peak_flops(
 ) -> float:
     """`measure_matmul_flops`, once per process and (device, dtype): the training loop's peak."""
     return measure_matmul_flops(device, dtype, size, seconds)
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """The most device memory this process's tensors held at once; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 def _dtype_key(dtype: str | torch.dtype) -> str:
