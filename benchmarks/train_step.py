@@ -14,7 +14,8 @@ MFU = 3 x vit_core.flops(config) x img/s / peak against the chip's rated dense p
 the measured one), and `MFU meas.` against a large matmul in the same dtype on the same device,
 measured at start and again at the end (the larger is used: on a shared machine one of them may
 be low). `--kernels N` adds the top N kernels (torch.profiler, device self time) of vit_core in
-the first model and mode, profiled after its timing; `--json` is rewritten after every pair.
+one model and mode (`--kernels-pair`, default the first), profiled after its timing; `--json` is
+rewritten after every pair.
 On a CPU that is busy at start (1-min load average above half the cores) the default is one
 torch thread: with more, every parallel op waits for whichever of its threads the OS has
 descheduled; `--threads N` overrides.
@@ -130,7 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead of the sweep: profile the first model and mode, print top-15 ops per impl",
     )
     p.add_argument("--profile-steps", type=int, default=3)
-    p.add_argument("--kernels", type=int, default=0, help="top kernels of the first pair")
+    p.add_argument("--kernels", type=int, default=0, help="top N kernels of one pair's vit_core")
+    p.add_argument("--kernels-pair", default=None, metavar="MODEL@MODE", help="default: the first")
     p.add_argument(
         "--with-loader",
         default=None,
@@ -170,6 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.modes = list(dict.fromkeys(mode for _, mode in args.pairs))
     else:
         args.pairs = [(spec, mode) for spec in args.models for mode in args.modes]
+    args.kernels_pair = tuple(args.kernels_pair.rsplit("@", 1)) if args.kernels_pair else None
+    args.kernels_pair = args.kernels_pair or args.pairs[0]
     try:
         args.configs = {spec: parse_model(spec, args.num_classes) for spec in args.models}
     except ValueError as err:
@@ -283,7 +287,7 @@ def bench_pair(
                 "window_spread": max(r.wall) / min(r.wall),
             }
         )
-    if args.kernels and (spec, mode) == args.pairs[0] and "vit_core" in runners:
+    if args.kernels and (spec, mode) == args.kernels_pair and "vit_core" in runners:
         kernels = top_kernels(
             runners["vit_core"].step, x, y, device, args.kernels, args.profile_steps
         )

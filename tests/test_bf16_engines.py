@@ -134,3 +134,28 @@ def test_offloaded_adamw_steps_through_deepspeeds_cpu_adam(ctx, name, expected):
     assert any(
         not torch.equal(a, b) for a, b in zip(before, engine.module.parameters(), strict=True)
     )
+
+
+def test_deepspeed_refuses_fp32_accumulation_with_bf16_at_zero0(ctx):
+    """Why deepspeed_config leaves data_types out at ZeRO-0 (DeepSpeed 0.19.8)."""
+    import deepspeed
+
+    from pipelines.train.ds_config import deepspeed_config
+
+    config = config_from_dict(
+        {
+            "model": {"name": "vit_tiny_patch16", **MODEL},
+            "deepspeed": {"zero_stage": 0, "precision": "bf16"},
+            "train": {"micro_batch_size": 4, "global_batch_size": 4},
+            "cluster": {"num_workers": 1},
+            "tracking": {"enabled": False},
+        }
+    )
+    ds = deepspeed_config(config, 1)
+    assert "data_types" not in ds
+    ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    model = vit_core.create_model("vit_tiny_patch16", **MODEL)
+    with pytest.raises(NotImplementedError, match="unsupported mix"):
+        deepspeed.initialize(
+            model=model, optimizer=torch.optim.AdamW(model.parameters()), config=ds
+        )

@@ -4,6 +4,11 @@ to the GPU machine (its 64 MiB per call): the layout `vitpipe shard` writes (tar
 renderer and written here directly, without Ray, so that it also runs where Ray is absent.
 
     python benchmarks/gpu/make_shards.py .gpu_shards --classes 16 --per-class 160 --size 256
+    python benchmarks/gpu/make_shards.py BIG --replicate .gpu_shards --copies 20
+
+`--replicate` lists an existing set's shards `--copies` times under new names (links, no bytes
+copied): a GPU consumes the 2560 images in under a second, and each epoch restarts the
+dataloader workers, so without it the check would time epoch boundaries, not the pipeline.
 """
 
 from __future__ import annotations
@@ -12,13 +17,20 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest  # noqa: E402
+from pipelines.data.manifest import (  # noqa: E402
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    read_manifest,
+    write_manifest,
+)
 from pipelines.data.sources.fractal import render  # noqa: E402
 from pipelines.storage import locate  # noqa: E402
 
@@ -33,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--points", type=int, default=20_000, help="chaos-game points per image")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (baseline, 4:2:0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replicate", type=Path, default=None, metavar="SHARD_DIR")
+    p.add_argument("--copies", type=int, default=1)
     return p.parse_args(argv)
 
 
@@ -71,8 +85,34 @@ def write_shards(args: argparse.Namespace) -> Manifest:
     return manifest
 
 
+def replicate(source: Path, out: Path, copies: int) -> Manifest:
+    """`source`'s train shards `copies` times over, as links named train-NNNNNN.tar in `out`."""
+    original = read_manifest(locate(str(source)))
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for _ in range(copies):
+        for shard in original.split("train").shards:
+            name = f"train-{len(shards):06d}.tar"
+            target = (source / shard.name).resolve()
+            try:
+                os.link(target, out / name)
+            except OSError:  # another filesystem
+                os.symlink(target, out / name)
+            shards.append(ShardInfo(name, shard.samples, shard.bytes, shard.sha256))
+    manifest = Manifest(
+        original.classes, {"train": SplitInfo(tuple(shards))}, {**original.source, "copies": copies}
+    )
+    write_manifest(locate(str(out)), manifest)
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.replicate is not None:
+        manifest = replicate(args.replicate, args.out, args.copies)
+        info = manifest.split("train")
+        print(f"listed {info.num_samples} samples ({args.copies} copies) in {args.out}")
+        return
     manifest = write_shards(args)
     info = manifest.split("train")
     print(

@@ -96,17 +96,13 @@ def train_step(out: Path) -> list[str]:
             )
     header = ["model", "mode", "impl", "batch", "img/s", "MFU", "MFU meas.", "peak mem"]
     lines += _table([*header, "vit_core/timm"], rows) + [""] + goal
-    kernels = next((r["kernels"] for r in report["rows"] if r.get("kernels")), None)
-    if kernels:
-        first = report["rows"][0]
-        lines += [
-            "",
-            f"Top kernels, vit_core {first['model']} {first['mode']} (torch.profiler):",
-            "",
-        ]
+    profiled = next((r for r in report["rows"] if r.get("kernels")), None)
+    if profiled:
+        where = f"vit_core {profiled['model']} {profiled['mode']}"
+        lines += ["", f"Top kernels, {where} (torch.profiler, device self time):", ""]
         rows = [
             [k["name"][:80].replace("|", "/"), f"{k['ms_per_step']:.2f}", _pct(k["share"])]
-            for k in kernels
+            for k in profiled["kernels"]
         ]
         lines += _table(["kernel", "ms/step", "share"], rows)
     return lines
