@@ -75,13 +75,22 @@ def test_a_bf16_engine_step_at_every_zero_stage(ctx, stage):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_checkpoint_save_and_resume_is_bit_exact(ctx, tmp_path, stage):
+    """The restored weights are the saved ones bit for bit, so the next forward's loss is too;
+    later steps are compared within bf16 noise (some backward kernels, flash attention's among
+    them, accumulate with atomics and are not bitwise reproducible run to run on a GPU)."""
     engine = _engine(ctx, stage)
     _steps(engine, seed=1, n=2)
     engine.save(tmp_path, "ckpt", {})
+    saved = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
     expected = _steps(engine, seed=2, n=3)
     resumed = _engine(ctx, stage)
     resumed.load(tmp_path, "ckpt")
-    assert _steps(resumed, seed=2, n=3) == expected
+    for name, value in resumed.module.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    got = _steps(resumed, seed=2, n=3)
+    print(f"ZeRO-{stage}: continued {expected}, resumed {got}")
+    assert got[0] == expected[0]
+    assert got == pytest.approx(expected, abs=5e-3)
 
 
 def test_compiled_follows_the_eager_loss_curve(ctx):

@@ -107,7 +107,7 @@ class DeviceDecoder:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 if bytes(data[:2].tolist()) == JPEG_MAGIC:
                     return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-                return decode_image(data, ImageReadMode.RGB).to(self.device)  # PNG, WebP: CPU
+                return self._to_device(decode_image(data, ImageReadMode.RGB))  # PNG, WebP: CPU
         except RuntimeError as err:
             valid[index] = False
             self.failed += 1
