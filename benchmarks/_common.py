@@ -1,6 +1,7 @@
-"""Helpers the benchmark scripts share: device description, synchronisation, the measured peak
-FLOP/s that MFU is taken against, timing of a step loop, memory accounting, and a plain-text
-table.
+"""Helpers the benchmark scripts share: device description, synchronisation, the peaks MFU is
+taken against (the chip's rated dense peak and a matmul measured now), timing of a step loop,
+memory accounting, and the report every script prints and writes (command, machine, load,
+table, JSON).
 
 Imports torch and `pipelines.train.peak` (torch only) and nothing else from the project, so the
 scripts that use it run on a GPU box with only torch (and timm for the baseline) installed.
@@ -8,10 +9,12 @@ scripts that use it run on a GPU box with only torch (and timm for the baseline)
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # vit_core / pipelines without an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipelines.train.peak import measured_peak_flops  # noqa: E402
+from pipelines.train.peak import Peaks, measure_matmul_flops, resolve_peaks  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 Step = Callable[[torch.Tensor, torch.Tensor], None]
@@ -62,8 +65,18 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     same measurement the training loop makes (8192^3 on a GPU, where 1024^3 is launch-bound and
     would under-read the peak and inflate MFU)."""
     seconds = 1.0 if device.type == "cuda" else 0.5
+    return measure_matmul_flops(device, dtype, seconds=seconds)
+
+
+def peaks(device: torch.device, dtype: torch.dtype, measured: float) -> Peaks:
+    """`mfu` against the chip's rated dense peak for `dtype` (the measured one where the chip is
+    not in `pipelines.train.peak.RATED_TFLOPS`, e.g. any CPU), `mfu_measured_peak` against
+    `measured`: the training loop's two numbers."""
     name = str(dtype).removeprefix("torch.")
-    return measured_peak_flops.__wrapped__(str(device), name, seconds=seconds)
+    math = {"bfloat16": "bf16", "float16": "fp16"}.get(name, "fp32")
+    if math == "fp32" and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        math = "tf32"
+    return resolve_peaks(device_name(device), math, measured=measured)
 
 
 def max_rss_bytes() -> int:
@@ -139,3 +152,77 @@ def timed(
         step(x, y)
     sync(device)
     return (time.perf_counter() - start) / n, (time.process_time() - cpu_start) / n
+
+
+def load_average() -> tuple[float, float, float] | None:
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def run_header(device: torch.device, **versions: str) -> dict[str, Any]:
+    """Print, and return for the JSON report, what a reader needs to trust the numbers: the
+    exact command, the device, the library versions and the load at start."""
+    report: dict[str, Any] = {
+        "command": command_line(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        **versions,
+        "load_avg": load_average(),
+    }
+    print(f"command: {report['command']}")
+    libs = " | ".join(f"{k} {v}" for k, v in {"torch": torch.__version__, **versions}.items())
+    print(f"device: {report['device']} | {libs}")
+    if report["load_avg"]:
+        print("load average (1/5/15 min): " + " ".join(f"{v:.2f}" for v in report["load_avg"]))
+    return report
+
+
+def finish_report(report: dict[str, Any], started: float, json_path: Path | None) -> None:
+    """The elapsed time, the load at the end, and the JSON report where asked for."""
+    report["total_s"] = time.perf_counter() - started
+    report["load_avg_end"] = load_average()
+    end = report["load_avg_end"]
+    load = " | load at end " + " ".join(f"{v:.2f}" for v in end) if end else ""
+    print(f"total time {report['total_s']:.1f} s{load}")
+    if json_path:
+        write_json(report, json_path)
+        print(f"wrote {json_path}")
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """Atomically: a reader (or a timeout) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def compare_windows(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Per name: median, min and max window time, `ratio` (median / the baseline's median) and
+    `paired_ratio` (median over rounds of window / the baseline's window of the same round:
+    adjacent windows see the same machine, so drift cancels). Lower is better."""
+    base = times[baseline]
+    out = {}
+    for name, windows in times.items():
+        median = statistics.median(windows)
+        paired = [a / b for a, b in zip(windows, base, strict=True)]
+        out[name] = {
+            "median_s": median,
+            "min_s": min(windows),
+            "max_s": max(windows),
+            "ratio": median / statistics.median(base),
+            "paired_ratio": statistics.median(paired),
+        }
+    return out
+
+
+def progress(message: str) -> None:
+    """A timestamped progress line on stderr (stdout holds the report)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def print_goal(goal: str, ratios: dict[str, float], limit: float) -> None:
+    """`goal <text>: met (a 0.98, b 1.02)` when every ratio is <= limit, else `NOT met`."""
+    if ratios:
+        met = all(r <= limit for r in ratios.values())
+        shown = ", ".join(f"{name} {r:.3f}" for name, r in ratios.items())
+        print(f"goal {goal}: {'met' if met else 'NOT met'} ({shown})")

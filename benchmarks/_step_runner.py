@@ -11,6 +11,7 @@ import argparse
 import gc
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from _common import DTYPES, Step, train_step
@@ -90,3 +91,32 @@ def release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def top_kernels(
+    step: Step, x: torch.Tensor, y: torch.Tensor, device: torch.device, top: int, steps: int
+) -> list[dict[str, Any]]:
+    """The `top` kernels (device self time on CUDA, CPU ops elsewhere) of `steps` profiled
+    steps: name, ms per step and share of the profiled total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(x, y)
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: -getattr(e, attr))
+    return [
+        {
+            "name": e.key,
+            "ms_per_step": getattr(e, attr) / steps / 1e3,
+            "share": getattr(e, attr) / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in events[:top]
+    ]

@@ -9,11 +9,16 @@ windows run interleaved (vit_core, timm, vit_core, timm, ...) so that drift in t
 speed hits both, and each row reports the median window. The ratio column is the median over
 window pairs of vit_core / timm step time (adjacent windows see the same machine; lower is
 better, <= 1 is the goal); the ratio of the medians and of the best windows follow the table.
-MFU = 3 x vit_core.flops(config) x img/s / peak, the peak being a large matmul in the same dtype
-on the same device, measured at start and again at the end (the larger is used: on a shared
-machine one of them may be low). On a CPU that is busy at start (1-min load average above half
-the cores) the default is one torch thread: with more, every parallel op waits for whichever of
-its threads the OS has descheduled; `--threads N` overrides.
+MFU = 3 x vit_core.flops(config) x img/s / peak against the chip's rated dense peak for the dtype
+(`pipelines.train.peak`, what published MFU figures use; a CPU or an unlisted chip falls back to
+the measured one), and `MFU meas.` against a large matmul in the same dtype on the same device,
+measured at start and again at the end (the larger is used: on a shared machine one of them may
+be low). `--kernels N` adds the top N kernels (torch.profiler, device self time) of vit_core in
+one model and mode (`--kernels-pair`, default the first), profiled after its timing; `--json` is
+rewritten after every pair.
+On a CPU that is busy at start (1-min load average above half the cores) the default is one
+torch thread: with more, every parallel op waits for whichever of its threads the OS has
+descheduled; `--threads N` overrides.
 
     python benchmarks/train_step.py --device cpu     # tiny models, 1.5-3 min on 2 cores
     python benchmarks/train_step.py --device cuda    # ViT-S/B/L/16 at 224, bf16 autocast
@@ -34,7 +39,6 @@ dependencies (pyarrow, torchvision, pillow, pydantic).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -49,16 +53,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     DTYPES,
-    command_line,
-    device_name,
+    Peaks,
+    finish_report,
     format_table,
     max_rss_bytes,
     one_line,
     optimizer_state_bytes,
     peak_flops,
+    peaks,
+    run_header,
     sync,
     tensor_bytes,
     timed,
+    write_json,
 )
 from _step_runner import (  # noqa: E402
     Runner,
@@ -66,6 +73,7 @@ from _step_runner import (  # noqa: E402
     count_host_syncs,
     release,
     synthetic_batch,
+    top_kernels,
 )
 
 import vit_core  # noqa: E402
@@ -95,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"default: {' '.join(CUDA_MODELS)} on CUDA, {' '.join(CPU_MODELS)} on CPU",
     )
     p.add_argument("--modes", default="eager,compiled", help="comma list of eager, compiled")
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=None,
+        metavar="MODEL@MODE",
+        help="instead of every --models x --modes: these pairs, in this order",
+    )
     p.add_argument("--compile-mode", default="default", help="torch.compile mode")
     p.add_argument("--batch", type=int, default=None, help="default: per model (CUDA) / 16 (CPU)")
     p.add_argument("--steps", type=int, default=None, help="steps per window (CUDA 20, CPU 1)")
@@ -116,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead of the sweep: profile the first model and mode, print top-15 ops per impl",
     )
     p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--kernels", type=int, default=0, help="top N kernels of one pair's vit_core")
+    p.add_argument("--kernels-pair", default=None, metavar="MODEL@MODE", help="default: the first")
     p.add_argument(
         "--with-loader",
         default=None,
@@ -146,6 +163,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value, least = getattr(args, name), 0 if name == "warmup" else 1
         if value is not None and value < least:
             p.error(f"--{name.replace('_', '-')} {value}: must be >= {least}")
+    if args.pairs:
+        args.pairs = [tuple(pair.rsplit("@", 1)) for pair in args.pairs]
+        bad = [pair for pair in args.pairs if len(pair) != 2 or pair[1] not in MODES]
+        if bad:
+            p.error(f"--pairs {bad}: each must be MODEL@MODE with MODE one of {list(MODES)}")
+        args.models = list(dict.fromkeys(spec for spec, _ in args.pairs))
+        args.modes = list(dict.fromkeys(mode for _, mode in args.pairs))
+    else:
+        args.pairs = [(spec, mode) for spec in args.models for mode in args.modes]
+    args.kernels_pair = tuple(args.kernels_pair.rsplit("@", 1)) if args.kernels_pair else None
+    args.kernels_pair = args.kernels_pair or args.pairs[0]
     try:
         args.configs = {spec: parse_model(spec, args.num_classes) for spec in args.models}
     except ValueError as err:
@@ -259,6 +287,11 @@ def bench_pair(
                 "window_spread": max(r.wall) / min(r.wall),
             }
         )
+    if args.kernels and (spec, mode) == args.kernels_pair and "vit_core" in runners:
+        kernels = top_kernels(
+            runners["vit_core"].step, x, y, device, args.kernels, args.profile_steps
+        )
+        rows[0]["kernels"] = kernels
     if len(runners) == 2:
         ours, timm_r = runners["vit_core"], runners["timm"]
         paired = [a / b for a, b in zip(ours.wall, timm_r.wall, strict=True)]
@@ -272,12 +305,12 @@ def bench_pair(
 
 
 def print_table(rows: list[dict[str, Any]], device: torch.device) -> None:
-    header = ["model", "mode", "impl", "batch", "img/s", "step ms", "MFU", "peak mem"]
+    header = ["model", "mode", "impl", "batch", "img/s", "step ms", "MFU", "MFU meas.", "peak mem"]
     header.append("vit_core/timm")
     cells = []
     for r in rows:
         if r["status"] != "ok":
-            cells.append([r["model"], r["mode"], r["impl"], str(r["batch"]), "failed"] + [""] * 4)
+            cells.append([r["model"], r["mode"], r["impl"], str(r["batch"]), "failed"] + [""] * 5)
             continue
         mem = "-" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**30:.2f} GiB"
         ratio = f"{r['ratio']:.3f}" if "ratio" in r else ""
@@ -290,6 +323,7 @@ def print_table(rows: list[dict[str, Any]], device: torch.device) -> None:
                 f"{r['img_per_s']:.1f}",
                 f"{r['step_ms']:.2f}",
                 f"{100 * r['mfu']:.1f}%",
+                f"{100 * r['mfu_measured_peak']:.1f}%",
                 mem,
                 ratio,
             ]
@@ -325,7 +359,7 @@ def run_profile(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     whose self time differs most between the two (where a ratio != 1 comes from)."""
     from torch.profiler import ProfilerActivity, profile
 
-    spec, mode = args.models[0], args.modes[0]
+    spec, mode = args.pairs[0]
     config = args.configs[spec]
     batch = args.batch or default_batch(spec, config, device)
     x, y = synthetic_batch(config, batch, device, args.seed)
@@ -378,13 +412,13 @@ def _forever(loader: Any) -> Iterator[dict[str, Any]]:
             raise RuntimeError("the loader yielded no batch in a whole epoch")
 
 
-def run_with_loader(args: argparse.Namespace, device: torch.device, peak: float) -> dict:
+def run_with_loader(args: argparse.Namespace, device: torch.device, peaks: Peaks) -> dict:
     """vit_core's step fed by the real ShardLoader: img/s and the fraction of wall time the
     host spends blocked in next(batch); then the same steps on synthetic data for reference."""
     from pipelines.config.data import AugmentSection, DataSection
     from pipelines.data.loader import ShardLoader
 
-    spec, mode = args.models[0], args.modes[0]
+    spec, mode = args.pairs[0]
     workers = args.workers
     if workers is None:
         workers = max(2, (os.cpu_count() or 2) - 2) if device.type == "cuda" else 2
@@ -448,7 +482,7 @@ def run_with_loader(args: argparse.Namespace, device: torch.device, peak: float)
         "img_per_s": img_s,
         "step_ms": wall / n * 1e3,
         "data_wait_frac": wait / wall,
-        "mfu": 3 * vit_core.flops(config) * img_s / peak,
+        **peaks.mfu(3 * vit_core.flops(config) * img_s),
         "synthetic_img_per_s": batch / synthetic_s,
         "loader_stats": loader.stats(),
     }
@@ -492,23 +526,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = peak_flops(device, dtype)
     import timm
 
-    report: dict[str, Any] = {
-        "command": command_line(),
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "dtype": args.dtype,
-        "threads": torch.get_num_threads(),
-        "load_avg": load,
-        "peak_flops": peak,
-        "compile_mode": args.compile_mode,
-    }
-    print(f"command: {report['command']}")
-    print(
-        f"device: {report['device']}{threads_note} | torch {torch.__version__} | timm {timm.__version__}"
-    )
-    if load:
-        print("load average (1/5/15 min): " + " ".join(f"{v:.2f}" for v in load))
+    report = run_header(device, timm=timm.__version__)
+    report.update(dtype=args.dtype, threads=torch.get_num_threads(), peak_flops=peak)
+    report["compile_mode"] = args.compile_mode
+    if threads_note:
+        print(f"torch threads: {torch.get_num_threads()}{threads_note}")
     precision = "bf16 autocast" if args.dtype == "bf16" else "fp32"
     print(f"precision {precision} | peak at start (measured {args.dtype} matmul): {tflops(peak)}")
     print(
@@ -520,37 +542,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.profile:
         report["profile"] = run_profile(args, device)
     elif args.with_loader is not None:
-        report["loader"] = run_with_loader(args, device, peak)
+        report["loader"] = run_with_loader(args, device, peaks(device, dtype, peak))
     else:
         rows: list[dict[str, Any]] = []
-        pairs = [(spec, mode) for spec in args.models for mode in args.modes]
+        pairs = args.pairs
         for i, (spec, mode) in enumerate(pairs, 1):
             print(f"[{i}/{len(pairs)}] {spec} {mode} ...", file=sys.stderr, flush=True)
             rows += bench_pair(spec, mode, args, device)
+            add_mfu(rows, peaks(device, dtype, peak))
+            report["rows"] = rows
+            if args.json:  # what finished survives a timeout of the sweep
+                write_json(report, args.json)
         peak_end = peak_flops(device, dtype)
         report["peak_flops_start"], report["peak_flops_end"] = peak, peak_end
         report["peak_flops"] = peak = max(peak, peak_end)
-        for row in rows:
-            if row["status"] == "ok":
-                row["mfu"] = 3 * row["flops_per_img"] * row["img_per_s"] / peak
-        report["rows"] = rows
+        chip = peaks(device, dtype, peak)
+        add_mfu(rows, chip)
+        report["mfu_peak"] = {"rated": chip.rated, "measured": chip.measured, "source": chip.source}
         report["optimizer"] = f"AdamW ({getattr(args, 'optimizer_kind', 'fused')})"
         print(
-            f"\noptimizer {report['optimizer']} | {precision} | peak {tflops(peak)} (measured "
-            f"{args.dtype} matmul, best of start {tflops(report['peak_flops_start'])} and end "
-            f"{tflops(peak_end)}) | MFU = 3 x vit_core.flops x img/s / peak"
+            f"\noptimizer {report['optimizer']} | {precision} | MFU = 3 x vit_core.flops x img/s / "
+            f"peak: MFU against the {chip.source} ({tflops(chip.rated)}), MFU meas. against the "
+            f"measured {args.dtype} matmul {tflops(peak)} (best of start "
+            f"{tflops(report['peak_flops_start'])} and end {tflops(peak_end)})"
         )
         print_table(rows, device)
         if device.type == "cpu":
             print(f"process max RSS {max_rss_bytes() / 2**30:.2f} GiB (per-row memory: -)")
 
-    report["total_s"] = time.perf_counter() - started
-    print(f"total time {report['total_s']:.1f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    finish_report(report, started, args.json)
     return report
+
+
+def add_mfu(rows: list[dict[str, Any]], chip: Peaks) -> None:
+    for row in rows:
+        if row["status"] == "ok":
+            row.update(chip.mfu(3 * row["flops_per_img"] * row["img_per_s"]))
 
 
 if __name__ == "__main__":

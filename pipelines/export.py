@@ -24,6 +24,7 @@ import vit_core
 from pipelines.errors import CheckpointError
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
 from pipelines.train.checkpoint_files import Checkpoint, check_loadable, open_checkpoint
+from pipelines.train.fp32_master import fp32_master_weights
 from pipelines.train.safe_load import safe_load, weights_only_loads
 
 FORMATS = ("safetensors", "timm", "hf")
@@ -38,7 +39,9 @@ def consolidated_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     check_loadable(checkpoint)
     stage = int(checkpoint.meta.get("zero_stage", 0))
     if stage == 0:
-        state = safe_load(checkpoint.path / "mp_rank_00_model_states.pt")["module"]
+        model_file = checkpoint.path / "mp_rank_00_model_states.pt"
+        # bf16/fp16 weights: their fp32 master copies are in the optimizer state.
+        state = fp32_master_weights(safe_load(model_file))
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -133,6 +133,7 @@ def make_loader(
     max_skip_fraction: float = 0.0,
     decode_on=None,
     verify_shards: str = "first_epoch",
+    device=None,
     **augment: object,
 ):
     """A ShardLoader with test-sized defaults, built as every call site builds one
@@ -162,5 +163,5 @@ def make_loader(
     )
     ctx = DistContext(rank=rank, world_size=world_size)
     return ShardLoader.from_config(
-        config, ctx, split, train=train, img_size=img_size, decode_on=decode_on
+        config, ctx, split, train=train, img_size=img_size, decode_on=decode_on, device=device
     )

@@ -77,10 +77,3 @@ def test_train_step_rejects_a_bad_model_spec(spec, message):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr.splitlines()[-1]
-
-
-def test_model_step_cpu_smoke_prints_ratio():
-    args = ["--device", "cpu", "--img-size", "32", "--batch", "2", "--steps", "1"]
-    proc = _run("model_step.py", *args, "--rounds", "1", "--warmup", "1", "--threads", "1")
-    assert "ratio vit_core/timm" in proc.stdout
-    assert "median step" in proc.stdout

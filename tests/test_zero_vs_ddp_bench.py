@@ -1,5 +1,6 @@
-"""Smoke test of benchmarks/zero_vs_ddp.py: 2 gloo processes, every variant, tiniest settings.
-It checks that the table prints a ratio to DDP for each variant; speed is never asserted."""
+"""Smoke test of benchmarks/zero_vs_ddp.py: 2 gloo ranks under torchrun (the script starts it),
+every variant, tiniest settings. It checks that the table prints a ratio to DDP for each variant
+and that both sides ran the same precision and compile setting; speed is never asserted."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def test_zero_vs_ddp_cpu_smoke_prints_a_ratio_per_variant(tmp_path):
         line = next(line for line in lines if line.split()[:1] == [row["variant"]])
         # the row ends: x DDP, paired x DDP, last loss, |dloss| vs DDP
         assert line.split()[-4] == f"{row['ratio']:.3f}"
-        assert row["ratio"] > 0 and row["step_ms"] > 0
+        assert row["ratio"] > 0 and row["median_ms"] > 0
     assert "torch threads per process: 1" in stdout
     assert "goal ZeRO-1/2 <= 1.15x DDP:" in stdout
+    assert "both sides: fp32, compile False" in stdout
+    for row in rows[1:]:  # what DeepSpeed was told: fp32 weights, like DDP's
+        assert "bf16" not in row["ds_config"] and "fp16" not in row["ds_config"]

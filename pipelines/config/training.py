@@ -42,6 +42,12 @@ class DeepSpeedSection(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     offload_optimizer: bool = False
     offload_param: bool = False
+    overlap_comm: bool | None = Field(
+        None, description="overlap gradient reduction with backward; None: on for ZeRO 1-3 on GPUs"
+    )
+    grad_accum_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 at ZeRO 1-3: accumulate and reduce gradients in this dtype"
+    )
 
     @model_validator(mode="after")
     def _check_offload(self) -> DeepSpeedSection:

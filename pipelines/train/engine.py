@@ -14,7 +14,7 @@ from pipelines.distributed import DistContext
 from pipelines.layout import DEEPSPEED_CONFIG_IN_CHECKPOINT
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.fast_path import FastPath
-from pipelines.train.optim import build_optimizer
+from pipelines.train.optim import build_optimizer, uses_cpu_adam
 from pipelines.train.safe_load import vet_folder, weights_only_loads
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,11 +32,15 @@ class DeepSpeedEngine:
     ):
         import deepspeed
 
-        self.ds_config = deepspeed_config(config, ctx.world_size, load_universal=load_universal)
+        self.ds_config = deepspeed_config(
+            config, ctx.world_size, load_universal=load_universal, model=model
+        )
         if not torch.distributed.is_initialized():
             raise RuntimeError("torch.distributed must be initialised by the launcher first")
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
-        optimizer = build_optimizer(model, config.optim, on_gpu=ctx.device == "cuda")
+        optimizer = build_optimizer(
+            model, config.optim, on_gpu=ctx.device == "cuda", cpu_adam=uses_cpu_adam(config)
+        )
         self._engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config
         )

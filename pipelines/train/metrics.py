@@ -17,6 +17,7 @@ from pipelines.layout import METRICS
 from pipelines.run_storage import RunDir
 from pipelines.tracking.async_logger import AsyncMetricLogger
 from pipelines.tracking.mlflow_run import TrackingTarget
+from pipelines.train.peak import Peaks
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,14 @@ class MetricsLogger:
         total_steps: int,
         flops_per_image: float,
         teacher_flops_per_image: float | None = None,
-        peak_flops: float,
+        peaks: Peaks,
         device: torch.device,
     ):
         self.ctx = ctx
         self.total_steps = total_steps
         self._flops_per_image = flops_per_image
         self._teacher_flops = teacher_flops_per_image
-        self._peak_flops = peak_flops
+        self._peaks = peaks
         self._file = MetricsFile(run, METRICS, resume_step=resume_step) if ctx.is_main else None
         self._tracker = (
             AsyncMetricLogger(tracking.uri, tracking.run_id)
@@ -140,12 +141,14 @@ class MetricsLogger:
         self._throughput.add(images, wait_s)
 
     def mfu(self, images_per_sec: float) -> dict[str, float]:
-        """Model FLOPs utilisation of the student: 3 x forward FLOPs per image (fwd + bwd) over
-        the peak; with a distillation teacher also `mfu_with_teacher` (+ its forward)."""
-        per_sec = images_per_sec / (self._peak_flops * self.ctx.world_size)
-        out = {"mfu": 3 * self._flops_per_image * per_sec}
+        """Model FLOPs utilisation of the student: 3 x forward FLOPs per image (fwd + bwd), over
+        the chip's rated peak (`mfu`) and the measured matmul peak (`mfu_measured_peak`); with
+        a distillation teacher also `mfu_with_teacher` (+ its forward, rated peak)."""
+        world = self.ctx.world_size
+        out = self._peaks.mfu(3 * self._flops_per_image * images_per_sec, world)
         if self._teacher_flops is not None:
-            out["mfu_with_teacher"] = (3 * self._flops_per_image + self._teacher_flops) * per_sec
+            flops = (3 * self._flops_per_image + self._teacher_flops) * images_per_sec
+            out["mfu_with_teacher"] = self._peaks.mfu(flops, world)["mfu"]
         return out
 
     def log_train(
@@ -200,6 +203,7 @@ class MetricsLogger:
             "images_per_sec": images,
             "data_wait_frac": wait / self.ctx.world_size,
             **self.mfu(images),
+            "mfu_peak": self._peaks.source,
             "tracking_complete": bool(tracking_ok),
         }
 

@@ -34,7 +34,14 @@ from pipelines.train.losses import classification_loss
 from pipelines.train.metrics import MetricsFile, MetricsLogger
 from pipelines.train.model_init import build_model
 from pipelines.train.optim import set_lr
-from pipelines.train.peak import measured_peak_flops
+from pipelines.train.peak import (
+    Peaks,
+    device_name,
+    math_dtype,
+    measured_peak_flops,
+    peak_memory_bytes,
+    resolve_peaks,
+)
 from pipelines.train.request import TrainRequest
 from pipelines.train.schedule import lr_factor
 from pipelines.train.stop import StopRequest
@@ -274,7 +281,7 @@ class Trainer:
             total_steps=self.config.train.total_steps,
             flops_per_image=float(flops(self.architecture)),
             teacher_flops_per_image=self.teacher.flops_per_image if self.teacher else None,
-            peak_flops=self._peak_flops(),
+            peaks=self._peaks(),
             device=self.engine.device,
         )
 
@@ -286,15 +293,20 @@ class Trainer:
             self.run, SAMPLE_KEYS_DIR, name, resume_step=self.checkpointer.resumed_step
         )
 
-    def _peak_flops(self) -> float:
-        """Against the dtype the matmuls actually run in: bf16 weights or bf16 autocast on a GPU."""
-        config = self.config
-        if config.train.peak_tflops:
-            return config.train.peak_tflops * 1e12
-        bf16_math = config.deepspeed.precision == "bf16" or self.fast.autocast
-        dtype = "bfloat16" if bf16_math and self.ctx.device == "cuda" else "float32"
-        measured = self.ctx.on_main(lambda: measured_peak_flops(self.ctx.device, dtype))
-        return float(self.ctx.broadcast_object(measured))
+    def _peaks(self) -> Peaks:
+        """The rated peak of the dtype the matmuls run in (`mfu`) and the measured one."""
+        on_gpu = self.ctx.device == "cuda"
+        precision = self.config.deepspeed.precision
+        dtype = math_dtype(precision, autocast=self.fast.autocast, on_gpu=on_gpu)
+        measure = dtype if on_gpu else "fp32"
+        ctx = self.ctx
+        found = ctx.on_main(
+            lambda: (device_name(ctx.torch_device()), measured_peak_flops(ctx.device, measure))
+        )
+        name, measured = ctx.broadcast_object(found)
+        return resolve_peaks(
+            name, dtype, measured=measured, override_tflops=self.config.train.peak_tflops
+        )
 
     def _log_start(self) -> None:
         if not self.ctx.is_main:
@@ -338,6 +350,7 @@ class Trainer:
             "val_loss": evaluated.loss if evaluated else None,
             **overall,
             "fast_path": self.fast.describe(),
+            "peak_memory_bytes": peak_memory_bytes(self.engine.device),
             "checkpoint": str(saved) if saved else None,
             "resumed_from": str(resumed.path) if resumed else None,
             "num_classes": self.num_classes,

@@ -37,7 +37,6 @@ from pipelines.data.loader.shard_files import verify_shard
 from pipelines.data.loader.tar_reader import Missing, RawSample, read_shard
 from pipelines.data.loader.transforms import (
     BadSample,
-    Normalize,
     apply_seeded,
     decode_sample,
     eval_transform,
@@ -52,11 +51,11 @@ logger = logging.getLogger(__name__)
 
 
 def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 batch; in a worker, in shared memory, so sending it to the trainer is free."""
+    """A uint8 batch; in a worker, in shared memory, so sending it to the trainer is free."""
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)  # as default_collate does
-    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))  # as default_collate does
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
 
 
 def _byte_tensor(data: bytes) -> torch.Tensor:
@@ -139,7 +138,6 @@ class ConsumerStream:
             if self.train
             else eval_transform(spec.augment, spec.img_size)
         )
-        self.normalize = Normalize(spec.augment.mean, spec.augment.std)
         self.counts = {"samples": 0, "skipped": 0, "refilled": 0, "padded": 0}
         self._reserve: list[_Good] | None = None
         self._verified: set[int] = set()
@@ -195,9 +193,10 @@ class ConsumerStream:
     def _collate(self, filled: list[_Slot]) -> dict[str, Any]:
         if not self.spec.decode_in_worker:
             return self._collate_encoded(filled)
+        # uint8: the trainer normalises after its copy to the device (Normalize.batch).
         images = _batch_buffer((len(filled), 3, self.spec.img_size, self.spec.img_size))
         for s, out in zip(filled, images, strict=True):
-            self.normalize(s.image, out)
+            out.copy_(s.image)
         return {
             "image": images,
             "label": torch.tensor([s.label for s in filled], dtype=torch.int64),

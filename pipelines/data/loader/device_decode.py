@@ -2,10 +2,14 @@
 
 With `data.decode_device: cuda` the dataloader workers only read, validate headers and choose
 crop boxes (`crop_boxes`); the training process hands each batch's encoded images to nvJPEG in
-one `decode_jpeg` call and crops and resizes the whole batch in one `roi_align` (bilinear,
-averaging ~1 sample per source pixel when shrinking, i.e. antialiased). The CPU workers then
-keep up with a GPU they could not feed by decoding. Works on any device (the tests run it on
-the CPU).
+one `decode_jpeg` call, then crops and resizes each image with `roi_align` (bilinear, averaging
+~1 sample per source pixel when shrinking, i.e. antialiased) on just its box plus a one-pixel
+margin: memory per image is bounded by that image, never by the batch's largest, and at an
+image's own right/bottom edge bilinear sampling repeats the edge pixel (as at the left/top)
+instead of blending in padding. Labels go to the device with the images, non-blocking; nothing
+here waits for the device (nvJPEG itself blocks the calling thread until its own stream is done,
+which is why `device_prefetch` runs this in its staging thread). The CPU workers then keep up
+with a GPU they could not feed by decoding. Works on any device (the tests run it on the CPU).
 """
 
 from __future__ import annotations
@@ -46,14 +50,22 @@ class DeviceDecoder:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         encoded: list[torch.Tensor] = batch.pop("encoded")
-        boxes: torch.Tensor = batch.pop("box")
+        boxes: torch.Tensor = batch.pop("box")  # stays on the host: read as Python ints
         valid = batch["valid"].clone()
         images = self._decode(encoded, valid)
         if self.train and not valid.all() and valid.any():
             self._refill(images, boxes, batch, valid)
         batch["image"] = self._crop_resize(images, boxes, valid)
         batch["valid"] = valid
+        for key in ("label", "valid"):
+            batch[key] = self._to_device(batch[key])
         return batch
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Non-blocking: from pinned memory a CUDA copy does not wait for the device."""
+        if self.device.type == "cuda" and not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     def _refill(self, images, boxes, batch, valid: torch.Tensor) -> None:
         """Training never sees a blank: a slot that failed here takes the next good slot's
@@ -95,7 +107,7 @@ class DeviceDecoder:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 if bytes(data[:2].tolist()) == JPEG_MAGIC:
                     return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-                return decode_image(data, ImageReadMode.RGB).to(self.device)  # PNG, WebP: CPU
+                return self._to_device(decode_image(data, ImageReadMode.RGB))  # PNG, WebP: CPU
         except RuntimeError as err:
             valid[index] = False
             self.failed += 1
@@ -106,28 +118,32 @@ class DeviceDecoder:
     def _crop_resize(
         self, images: list[torch.Tensor], boxes: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
-        height = max(image.shape[1] for image in images)
-        width = max(image.shape[2] for image in images)
-        canvas = torch.zeros(len(images), 3, height, width, device=self.device)
-        for slot, image in zip(canvas, images, strict=True):
-            slot[:, : image.shape[1], : image.shape[2]].copy_(image)
-        boxes = boxes.to(self.device)
-        top, left, h, w, flip = boxes.unbind(1)
-        keep = valid.to(self.device)
-        # A box (x1, y1, x2, y2) in pixel-edge coordinates; invalid slots sample nothing useful
-        # and are zeroed below, as the CPU path blanks them.
-        rois = torch.stack(
-            [
-                torch.arange(len(images), device=self.device, dtype=torch.float32),
-                left.float(),
-                top.float(),
-                (left + w).float(),
-                (top + h).float(),
-            ],
-            dim=1,
-        )
-        size = (self.img_size, self.img_size)
-        out = roi_align(canvas, rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        out = torch.where(flip.view(-1, 1, 1, 1).bool(), out.flip(-1), out)
-        out = out * keep.view(-1, 1, 1, 1)
+        """Each image's box (top, left, height, width, flip) -> (B, 3, S, S) normalised; a slot
+        that is not valid is zero before normalising, as the CPU path's blank image."""
+        size = self.img_size
+        rows, regions = [], []
+        for image, (top, left, h, w, _) in zip(images, boxes.tolist(), strict=True):
+            # The box plus a one-pixel margin where the image has one: bilinear samples near
+            # the box edge read their real neighbours; at the image edge roi_align clamps.
+            y0, x0 = max(top - 1, 0), max(left - 1, 0)
+            y1, x1 = min(top + h + 1, image.shape[1]), min(left + w + 1, image.shape[2])
+            regions.append(image[:, y0:y1, x0:x1])
+            # (batch index, x1, y1, x2, y2) in pixel-edge coordinates of the region
+            rows.append([0.0, left - x0, top - y0, left - x0 + w, top - y0 + h])
+        rois = self._to_device(torch.tensor(rows, dtype=torch.float32))
+        out = torch.zeros(len(images), 3, size, size, device=self.device)
+        for i, (region, keep, flip) in enumerate(
+            zip(regions, valid.tolist(), boxes[:, 4].tolist(), strict=True)
+        ):
+            if not keep:
+                continue
+            crop = roi_align(
+                region.unsqueeze(0).float(),
+                rois[i : i + 1],
+                (size, size),
+                spatial_scale=1.0,
+                sampling_ratio=-1,
+                aligned=True,
+            )[0]
+            out[i].copy_(crop.flip(-1) if flip else crop)
         return out.mul_(self.scale).add_(self.bias)

@@ -52,7 +52,7 @@ from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.counters import LoaderCounters
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
 from pipelines.data.loader.device_decode import DeviceDecoder
-from pipelines.data.loader.device_prefetch import prefetched
+from pipelines.data.loader.device_prefetch import DeviceBatch, prefetched
 from pipelines.data.loader.exit_with_trainer import exit_with_this_process
 from pipelines.data.loader.loader_state import (
     LoaderState,
@@ -139,7 +139,12 @@ class ShardLoader:
         self._plan_cache: tuple[tuple, EpochPlan] | None = None
         self._counters = LoaderCounters()
         self._resume_note = "fresh start (no loader state loaded)"
-        self._decoder: DeviceDecoder | None = None
+        # Worker batches (uint8 or encoded images) -> normalised float32 on the device.
+        self._decoder = (
+            None
+            if decode_on is None
+            else DeviceDecoder(decode_on, img_size, augment.mean, augment.std, train=train)
+        )
         self._epochs_run = 0  # epochs (or rests of epochs) run to their end
         self._plan()  # an impossible plan fails here, before any process starts
 
@@ -283,10 +288,12 @@ class ShardLoader:
         )
         self._counters.fold()
         batches = self._checked(loader)
-        if self.decode_on is not None:
-            batches = map(self._device_decoder(), batches)
-        elif self.device is not None:
-            batches = prefetched(batches, self.device)
+        stage = self._decoder or DeviceBatch(
+            self.device or "cpu", self.augment.mean, self.augment.std
+        )
+        batches = (
+            map(stage, batches) if self.device is None else prefetched(batches, stage, self.device)
+        )
         try:
             for batch in batches:
                 # Counted when handed out, not when read ahead: a checkpoint taken now resumes
@@ -305,13 +312,6 @@ class ShardLoader:
 
     def _expected(self) -> tuple[tuple[int, str], ...]:
         return tuple((s.bytes, s.sha256) for s in self._info.shards)
-
-    def _device_decoder(self) -> DeviceDecoder:
-        if self._decoder is None:
-            self._decoder = DeviceDecoder(
-                self.decode_on, self.img_size, self.augment.mean, self.augment.std, train=self.train
-            )
-        return self._decoder
 
     def _checked(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         for batch in loader:
