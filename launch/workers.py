@@ -8,6 +8,8 @@ Under `torchrun` (`--launcher local` with RANK/WORLD_SIZE set) only rank 0 drive
 from __future__ import annotations
 
 import os
+import threading
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -68,7 +70,11 @@ def run_local(request: TrainRequest) -> dict[str, Any] | None:
         # Kept for the life of the process: DeepSpeed caches the group, so a second job in the
         # same process (tests, notebooks, `vitpipe run`) must find the same one.
         dist.init_process_group(
-            "nccl" if use_gpu else "gloo", init_method=init_method, rank=rank, world_size=world
+            "nccl" if use_gpu else "gloo",
+            init_method=init_method,
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=request.config.cluster.collective_timeout_s),
         )
     ctx = DistContext(
         rank=rank, world_size=world, local_rank=local_rank, device="cuda" if use_gpu else "cpu"
@@ -92,26 +98,53 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
         train_loop_config={"request": request},
         # Local mode: a rendezvous that listens nowhere (issue 16); a cluster: Ray's TCP one.
         torch_config=(
-            LoopbackTorchConfig(backend=backend, rendezvous_dir=str(request.files().path("ray")))
+            LoopbackTorchConfig(
+                backend=backend,
+                rendezvous_dir=str(request.files().path("ray")),
+                timeout_s=cluster.collective_timeout_s,
+            )
             if not cluster.address and ray_is_loopback_only()
-            else TorchConfig(backend=backend)
+            else TorchConfig(backend=backend, timeout_s=cluster.collective_timeout_s)
         ),
+        # An elastic range (min, max): Ray restarts the group on the workers it can get.
         scaling_config=ScalingConfig(
-            num_workers=cluster.num_workers, use_gpu=cluster.use_gpu, resources_per_worker=resources
+            num_workers=cluster.scaling_num_workers,
+            use_gpu=cluster.use_gpu,
+            resources_per_worker=resources,
         ),
         run_config=RunConfig(
             name=f"{request.config.name}-{request.stage}",
             storage_path=cluster.storage_path or request.files().at("ray").uri,
-            failure_config=FailureConfig(max_failures=cluster.max_failures),
+            failure_config=FailureConfig(max_failures=cluster.restarts_allowed),
             # Our sharded checkpoints live in the run dir; Ray keeps none of its own.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )
     try:
-        trainer.fit()
+        _fit_off_the_main_thread(trainer)
     except Exception as err:
         raise _worker_error(err) from None
     return _read_result(request)
+
+
+def _fit_off_the_main_thread(trainer: Any) -> None:
+    """`trainer.fit()` in a helper thread: on the main thread Ray Train installs its own SIGINT
+    handler, which swallows Ctrl-C (the run goes on to the end); from here the driver's own
+    handler turns it into a clean stop, like SIGTERM (and a second one aborts)."""
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # handed to the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)  # signal handlers run on the main thread between joins
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def _ray_worker(loop_config: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,16 @@ import torch
 import vit_core
 from pipelines.errors import CheckpointError
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
-from pipelines.train.checkpoint_files import Checkpoint, check_loadable, open_checkpoint
+from pipelines.storage import locate
+from pipelines.train.checkpoint_files import (
+    Checkpoint,
+    check_loadable,
+    local_copy,
+    open_checkpoint,
+)
 from pipelines.train.fp32_master import fp32_master_weights
 from pipelines.train.safe_load import safe_load, weights_only_loads
+from pipelines.transfer import upload_dir
 
 FORMATS = ("safetensors", "timm", "hf")
 
@@ -74,19 +82,23 @@ def load_checkpoint_model(checkpoint: Checkpoint):
     return model.eval()
 
 
-def export_checkpoint(source: Path, out: Path, fmt: str = "safetensors") -> dict[str, Any]:
-    """Write the export; an existing non-empty OUT is refused rather than overwritten."""
+def export_checkpoint(
+    source: str | Path, out: str | Path, fmt: str = "safetensors"
+) -> dict[str, Any]:
+    """Write the export of a checkpoint (or a run dir's newest; local or a storage URI) to OUT
+    (a path or URI); an existing non-empty OUT is refused rather than overwritten."""
     if fmt not in FORMATS:
         raise CheckpointError(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     checkpoint = open_checkpoint(source)
     if checkpoint.meta.get("vit_config"):  # refuse before gathering the shards
         check_format(vit_core.ViTConfig.from_dict(checkpoint.meta["vit_config"]), fmt)
-    model = load_checkpoint_model(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="vitpipe-export-") as tmp:
+        model = load_checkpoint_model(local_copy(checkpoint, Path(tmp), names=None))
     info = export_info(
         model,
         fmt=fmt,
         classes=checkpoint.meta.get("classes"),
-        source=str(checkpoint.path),
+        source=checkpoint.uri,
         step=checkpoint.step,
         stage=checkpoint.meta.get("stage"),
         preprocess=checkpoint.meta.get("preprocess"),
@@ -133,13 +145,23 @@ def export_info(
     return info
 
 
-def save_model(model, out: Path, *, fmt: str = "safetensors", info: dict[str, Any]) -> None:
+def save_model(model, out: str | Path, *, fmt: str = "safetensors", info: dict[str, Any]) -> None:
+    """Write `model` as an export into `out` (a path, or a storage URI: written locally, then
+    uploaded); an existing non-empty `out` is refused."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out} exists and is not empty; choose a new output directory")
+    target = locate(str(out))
+    if target.list_dir():
+        raise CheckpointError(
+            f"{target.uri} exists and is not empty; choose a new output directory"
+        )
     check_format(model.config, fmt)
+    if not target.is_local:
+        with tempfile.TemporaryDirectory(prefix="vitpipe-export-") as staging:
+            save_model(model, Path(staging) / "export", fmt=fmt, info=info)
+            upload_dir(Path(staging) / "export", target)
+        return
+    out = target.local_path()
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -200,18 +222,18 @@ def load_exported(path: Path):
     return model.eval(), info
 
 
-def export_random_init(checkpoint: str | Path, out: str | Path, *, seed: int) -> Path:
+def export_random_init(checkpoint: str | Path, out: str | Path, *, seed: int) -> str:
     """An export of a freshly initialised model with the architecture and preprocessing of
     `checkpoint`: the from-scratch baseline a fine-tune from `checkpoint` is compared with.
-    Reused when it is already there."""
+    Reused when it is already there. Both may be storage URIs; returns `out` as a URI."""
     from vit_core import VisionTransformer, ViTConfig
 
-    out = Path(out)
-    if (out / EXPORT_WEIGHTS).is_file():
-        return out
-    meta = open_checkpoint(Path(checkpoint)).meta
+    target = locate(str(out))
+    if target.join(EXPORT_WEIGHTS).is_file():
+        return target.uri
+    meta = open_checkpoint(checkpoint).meta
     torch.manual_seed(seed)
     model = VisionTransformer(ViTConfig.from_dict(meta["vit_config"]))
     info = export_info(model, stage="random-init", preprocess=meta.get("preprocess"))
-    save_model(model, out, info=info)
-    return out
+    save_model(model, target.uri, info=info)
+    return target.uri

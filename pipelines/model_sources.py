@@ -3,7 +3,9 @@ stage, any world size), or a Hugging Face ViT directory written by `save_pretrai
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,14 @@ from typing import Any
 from pipelines.errors import CheckpointError
 from pipelines.export import load_checkpoint_model, load_exported
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT
-from pipelines.train.checkpoint_files import check_loadable, is_checkpoint_dir, open_checkpoint
+from pipelines.storage import locate
+from pipelines.train.checkpoint_files import (
+    check_loadable,
+    is_checkpoint_dir,
+    local_copy,
+    open_checkpoint,
+)
+from pipelines.transfer import download_dir
 from vit_core import load_hf_dir
 
 
@@ -24,9 +33,27 @@ class SourceModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def local_source(path: str | Path, cache: Path | None = None) -> Path:
+    """`path` as a local directory: itself, or a model in run storage (`s3://...`) downloaded
+    into `cache` (default: this machine's temp dir): an export or Hugging Face dir whole, a
+    checkpoint (or the newest of a run dir) verified against its commit marker."""
+    location = locate(str(path))
+    if location.is_local:
+        return location.local_path()
+    key = hashlib.sha256(location.uri.encode()).hexdigest()[:16]
+    dest = (cache or Path(tempfile.gettempdir()) / "vitpipe-sources") / key
+    if location.join(EXPORT_CONFIG).is_file():
+        names = [entry.name for entry in location.list_dir() if not entry.is_dir]
+        download_dir(location, dest, dict.fromkeys(names))
+        return dest
+    if not location.exists():
+        raise CheckpointError(f"--from {location.uri!r} does not exist")
+    return local_copy(open_checkpoint(location), dest, names=None).path
+
+
 def source_kind(path: Path) -> str:
     """Which of the three layouts `path` is; a clear error naming them when none."""
-    path = Path(path)
+    path = local_source(path)
     if not path.exists():
         raise CheckpointError(f"--from {str(path)!r} does not exist")
     config_file = path / EXPORT_CONFIG
@@ -51,14 +78,17 @@ def source_kind(path: Path) -> str:
 def check_source(path: str | Path) -> str:
     """`source_kind`, and for a checkpoint `check_loadable` (hashes, pickle allowlist): what a
     driver runs before it starts workers that load the model."""
-    kind = source_kind(Path(path))
+    path = local_source(path)
+    kind = source_kind(path)
     if kind == "checkpoint":
-        check_loadable(open_checkpoint(Path(path)))
+        check_loadable(open_checkpoint(path))
     return kind
 
 
 def load_source_model(path: str | Path) -> SourceModel:
-    path = Path(path)
+    """The model at `path` (an export, checkpoint or run dir, or Hugging Face dir; a storage
+    URI is downloaded first), fp32 on the CPU in eval mode."""
+    path = local_source(path)
     kind = source_kind(path)
     if kind == "export":
         model, info = load_exported(path)
@@ -74,6 +104,4 @@ def load_source_model(path: str | Path) -> SourceModel:
         return SourceModel(model.eval(), kind, str(path), classes, {"hf_config": config})
     checkpoint = open_checkpoint(path)
     model = load_checkpoint_model(checkpoint)
-    return SourceModel(
-        model, kind, str(checkpoint.path), checkpoint.meta.get("classes"), checkpoint.meta
-    )
+    return SourceModel(model, kind, checkpoint.uri, checkpoint.meta.get("classes"), checkpoint.meta)

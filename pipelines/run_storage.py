@@ -17,7 +17,7 @@ from pathlib import Path
 from pipelines.config import ClusterSection, JobConfig
 from pipelines.errors import ConfigError
 from pipelines.storage import Location, is_uri, locate
-from pipelines.transfer import download_file, upload_file
+from pipelines.transfer import download_file, upload_dir, upload_file
 
 # Tracking URIs that are a file on the machine that opens them.
 _LOCAL_TRACKING = ("sqlite:", "file:")
@@ -67,6 +67,12 @@ class RunDir:
         if self.remote:
             upload_file(self.path(*parts), self.at(*parts), verify=False)
 
+    def publish_tree(self, *parts: str) -> None:
+        """Replace the stored directory with this process's copy (nothing when one place)."""
+        if self.remote:
+            self.at(*parts).delete_tree()
+            upload_dir(self.path(*parts), self.at(*parts))
+
     def fetch(self, *parts: str) -> bool:
         """Bring the stored file into `local` (nothing to do when they are one place); whether
         it exists."""
@@ -91,15 +97,3 @@ def check_tracking(config: JobConfig) -> None:
         f"{run_dir} is remote storage: use an MLflow server every node reaches "
         "(tracking.uri=http(s)://HOST:PORT) or tracking.enabled=false"
     )
-
-
-def check_run_dir_supported(config: JobConfig) -> None:
-    """Until the Checkpointer keeps checkpoints, metrics and summaries in run storage, a URI run
-    dir would silently become a local directory named like the URI: refuse it in one line.
-    (Remove this check when the stages write through `pipelines.transfer`.)"""
-    run_dir = config.run_dir or ""
-    if is_uri(run_dir):
-        raise ConfigError(
-            f"--run-dir {run_dir}: training into a storage URI is not wired up yet; use a "
-            "local or shared-filesystem path (shards may already be a URI)"
-        )

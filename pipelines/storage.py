@@ -76,6 +76,12 @@ class Location:
         return Location(self.fs, path, uri)
 
     @property
+    def parent(self) -> Location:
+        path = self.path.rstrip("/").rpartition("/")[0]
+        base, sep, query = self.uri.partition("?")
+        return Location(self.fs, path, base.rstrip("/").rpartition("/")[0] + sep + query)
+
+    @property
     def name(self) -> str:
         return self.path.rstrip("/").rpartition("/")[2]
 

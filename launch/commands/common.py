@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from launch.workers import LAUNCHERS
@@ -78,7 +77,7 @@ def absolute_resume(resume: str) -> str:
 
 
 def absolute_source(path: str) -> str:
-    return absolute(str(Path(path)))
+    return absolute(path)
 
 
 def print_result(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from pipelines.config.paths import absolute
 from pipelines.export import export_checkpoint
 
 NAME = "export"
@@ -13,13 +13,17 @@ HELP = "write consolidated fp32 weights (safetensors + config.json) from a check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint dir (or a run dir: its newest)")
-    parser.add_argument("out", type=Path, help="output directory (must not exist or be empty)")
+    parser.add_argument(
+        "checkpoint", help="a checkpoint dir, or a run dir (its newest); a path or a storage URI"
+    )
+    parser.add_argument(
+        "out", help="output directory, a path or a storage URI (must not exist or be empty)"
+    )
     parser.add_argument("--format", choices=("safetensors", "timm", "hf"), default="safetensors")
 
 
 def run(args: argparse.Namespace) -> int:
-    info = export_checkpoint(args.checkpoint, args.out, args.format)
+    info = export_checkpoint(absolute(args.checkpoint), absolute(args.out), args.format)
     print(
         json.dumps(
             {

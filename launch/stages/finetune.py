@@ -16,6 +16,7 @@ from pipelines.config import FinetuneSection, JobConfig
 from pipelines.export import export_checkpoint
 from pipelines.layout import EXPORT_DIR
 from pipelines.model_sources import check_source
+from pipelines.run_storage import RunDir
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.registry import log_and_register
 
@@ -62,15 +63,17 @@ def registered_name(config: JobConfig) -> str:
 def _export_and_register(
     config: JobConfig, summary: dict[str, Any], target: TrackingTarget | None
 ) -> dict[str, Any]:
-    export_dir = Path(summary["run_dir"]) / EXPORT_DIR
-    shutil.rmtree(export_dir, ignore_errors=True)  # derived from the checkpoint: rebuilt each time
-    info = export_checkpoint(Path(summary["checkpoint"]), export_dir)
-    extra: dict[str, Any] = {"export_dir": str(export_dir), "registered_model_uri": None}
+    files = RunDir.open(summary["run_dir"], config.cluster)
+    local = files.path(EXPORT_DIR)
+    shutil.rmtree(local, ignore_errors=True)  # derived from the checkpoint: rebuilt each time
+    info = export_checkpoint(summary["checkpoint"], local)
+    files.publish_tree(EXPORT_DIR)
+    extra: dict[str, Any] = {"export_dir": files.at(EXPORT_DIR).uri, "registered_model_uri": None}
     if target is None or not config.finetune.register_model:
         return extra
     size = info["vit_config"]["img_size"]
     example = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     extra["registered_model_uri"] = log_and_register(
-        target, export_dir, registered_name=registered_name(config), input_example=example
+        target, local, registered_name=registered_name(config), input_example=example
     )
     return extra

@@ -30,11 +30,11 @@ from pipelines.layout import (
     STOP_REQUEST,
     WORKER_RESULT,
 )
-from pipelines.run_storage import RunDir, check_run_dir_supported, check_tracking
+from pipelines.run_storage import RunDir, check_tracking
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.run_params import run_params
 from pipelines.train.checkpoint import check_same_model, select_checkpoint
-from pipelines.train.checkpoint_files import Checkpoint, check_loadable
+from pipelines.train.checkpoint_files import Checkpoint, check_loadable, checkpoints_root
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.model_init import architecture
 from pipelines.train.request import TrainRequest
@@ -77,7 +77,6 @@ def run_training_job(
     if not workers.is_driver(launcher):
         return workers.run_local(request)
     check_tracking(config)
-    check_run_dir_supported(config)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
     files = request.files()
     files.local.mkdir(parents=True, exist_ok=True)
@@ -96,7 +95,7 @@ def run_training_job(
     if init_from:
         all_tags["vitpipe.init_from"] = str(init_from)
     if resume_from is not None:
-        all_tags["vitpipe.resumed_from"] = str(resume_from.path)
+        all_tags["vitpipe.resumed_from"] = resume_from.uri
     with stage_run(
         stage,
         run_dir=request.run_dir,
@@ -120,7 +119,7 @@ def run_training_job(
 def _resume_point(request: TrainRequest) -> Checkpoint | None:
     """The checkpoint the workers will resume from, checked here so that a wrong model or a
     missing checkpoint fails before anything starts."""
-    found = select_checkpoint(request.checkpoint_root, request.resume)
+    found = select_checkpoint(checkpoints_root(request.run_dir), request.resume)
     if found is not None:
         config = request.config
         num_classes = config.model.num_classes or _manifest_classes(config)
@@ -148,11 +147,12 @@ def _artifacts(config: JobConfig, files: RunDir) -> list[Path]:
 @contextlib.contextmanager
 def _launched(request: TrainRequest, launcher: str, stop: StopRequest) -> Iterator[None]:
     """Ray for the launch (its own SIGTERM handler would exit without a checkpoint, so ours is
-    installed after it); SIGTERM to the driver asks the workers to checkpoint and stop."""
+    installed after it); SIGTERM or Ctrl-C to the driver asks the workers to checkpoint and
+    stop (status `stopped`), a second one aborts."""
     with contextlib.ExitStack() as stack:
         if launcher == "ray":
             stack.enter_context(ray_session(request.config.cluster))
-        stack.enter_context(stop.on_signals(signal.SIGTERM, touch_file=True))
+        stack.enter_context(stop.on_signals(signal.SIGTERM, signal.SIGINT, touch_file=True))
         try:
             yield
         finally:

@@ -45,6 +45,13 @@ class ClusterSection(Section):
     resources_per_worker: dict[str, float] = {}
     max_failures: int = Field(0, ge=-1, le=10_000)
     storage_path: str | None = Field(None, description="None: <run dir>/ray")
+    collective_timeout_s: int = Field(
+        1800,
+        ge=10,
+        le=86_400,
+        description="how long a rank waits in a collective for the others (universal "
+        "conversion and uploads happen while the others wait in a barrier)",
+    )
     local_scratch: str | None = Field(
         None, description="node-local staging dir; None: a temp dir; {node_id} is replaced"
     )

@@ -3,12 +3,14 @@ checkpoint a run resumes from, whether that needs DeepSpeed's universal conversi
 world size or ZeRO stage), whether the checkpoint's model is the one being trained, and it holds
 the single copy of the run's progress (saved in the commit marker).
 
-The folder format and commit protocol are in `checkpoint_files`.
+The stored format and commit protocol are in `checkpoint_files`; where files are staged and how
+they reach run storage (a local path, or a URI such as s3://) is `checkpoint_store`.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,16 +23,25 @@ from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
 from pipelines.layout import checkpoint_tag
 from pipelines.seeds import rank_seed, resharded_rank_seed
+from pipelines.storage import Location
 from pipelines.train import checkpoint_files as files
 from pipelines.train import marker as markers
 from pipelines.train.checkpoint_files import Checkpoint
+from pipelines.train.checkpoint_store import CheckpointStore
 from pipelines.train.distill import check_same_teacher, teacher_identity
-from pipelines.train.rank_state import read_rank_state, rng_state, set_rng_state, write_rank_state
+from pipelines.train.rank_state import (
+    rank_state_files,
+    read_rank_state,
+    rng_state,
+    set_rng_state,
+    write_rank_state,
+)
 from pipelines.train.request import TrainRequest
 from pipelines.train.universal import convert_to_universal, universal_location
 from vit_core import ViTConfig
 
 log = logging.getLogger(__name__)
+_MB = 2**20
 
 
 @dataclass
@@ -42,20 +53,20 @@ class Progress:
     samples_seen: int = 0
 
 
-def select_checkpoint(root: Path, resume: str) -> Checkpoint | None:
+def select_checkpoint(root: Location | Path | str, resume: str) -> Checkpoint | None:
     """The checkpoint `--resume` asks for: `auto` the newest committed one under `root` (None
     when there is none), `never` none (an error when `root` already holds one, so nothing is
-    overwritten), else the given path."""
+    overwritten), else the given path or URI."""
     if resume == "never":
         if files.list_checkpoints(root, warn=False):
             raise CheckpointError(
-                f"{root.parent} already holds committed checkpoints; use --resume auto to "
-                "continue it, or a new --run-dir to start over (nothing was deleted)"
+                f"{root} already holds committed checkpoints; use --resume auto to continue the "
+                "run, or a new --run-dir to start over (nothing was deleted)"
             )
         return None
     if resume == "auto":
         return files.latest_checkpoint(root)
-    return files.open_checkpoint(Path(resume))
+    return files.open_checkpoint(resume)
 
 
 def check_same_model(found: Checkpoint, architecture: ViTConfig) -> None:
@@ -65,7 +76,7 @@ def check_same_model(found: Checkpoint, architecture: ViTConfig) -> None:
     diff = architecture_changes(saved, architecture) if saved is not None else []
     if diff:
         raise CheckpointError(
-            f"checkpoint {found.path} was trained with a different model ({', '.join(diff)}); "
+            f"checkpoint {found.uri} was trained with a different model ({', '.join(diff)}); "
             "restore the model section, or start a new run with --run-dir or --resume never"
         )
 
@@ -84,7 +95,7 @@ class Checkpointer:
     ):
         self.request = request
         self.ctx = ctx
-        self.root = request.checkpoint_root
+        self.store = CheckpointStore.for_run(request.files(ctx.node_id))
         self._config: JobConfig = request.config
         distill = request.config.distill
         self._teacher = teacher_identity(distill) if distill is not None else None
@@ -93,10 +104,11 @@ class Checkpointer:
         self.load_universal = self.resume_from is not None and self._needs_universal(
             self.resume_from
         )
-        if self.load_universal:
-            ctx.on_main(lambda: convert_to_universal(self.resume_from))
-            ctx.barrier()
-        self.last_saved: Path | None = self.resume_from.path if self.resume_from else None
+        self._local: Checkpoint | None = None  # the resume point as files this rank loads
+        if self.resume_from is not None:
+            self._local = self._prepare_resume(self.resume_from)
+        self.last_saved: str | None = self.resume_from.uri if self.resume_from else None
+        self._rank_bytes = self._estimated_bytes(architecture)
         self._engine: Any = None
         self._loader: Any = None
         self._progress: Progress | None = None
@@ -109,33 +121,29 @@ class Checkpointer:
         """Load the chosen checkpoint into `engine` and `loader` and return the progress it
         holds (the live copy from now on); a fresh start seeds this rank's RNG instead."""
         self._engine, self._loader = engine, loader
-        found = self.resume_from
-        seed = self._config.train.seed
-        if found is None:
-            torch.manual_seed(rank_seed(seed, self.ctx.rank))
+        found, local = self.resume_from, self._local
+        if found is None or local is None:
+            torch.manual_seed(rank_seed(self._config.train.seed, self.ctx.rank))
             self._progress = Progress()
             return self._progress
-        load_dir, tag = (
-            universal_location(found) if self.load_universal else (found.root, found.tag)
-        )
-        engine.load(load_dir, tag)
+        where = universal_location(local) if self.load_universal else (local.root, local.tag)
+        engine.load(*where)
         meta = found.meta
         self._progress = Progress(
             found.step, int(meta.get("epoch", 0)), int(meta.get("samples_seen", 0))
         )
-        same_topology = found.world_size == self.ctx.world_size
-        loader_state, rng = read_rank_state(found.path, self.ctx.rank if same_topology else 0)
+        loader_state, rng = read_rank_state(local.path, self._state_rank(found))
         loader.load_state_dict(loader_state)
-        if same_topology:
+        if self._state_rank(found) == self.ctx.rank:
             set_rng_state(rng)
         else:
-            torch.manual_seed(
-                resharded_rank_seed(int(meta.get("seed", 0)), self.ctx.rank, found.step)
-            )
+            seed = int(meta.get("seed", 0))
+            torch.manual_seed(resharded_rank_seed(seed, self.ctx.rank, found.step))
         return self._progress
 
-    def maybe_save(self, step: int, *, force: bool = False) -> Path | None:
-        """Save at every `checkpoint.every_n_steps`, or now when `force`; all ranks call it."""
+    def maybe_save(self, step: int, *, force: bool = False) -> str | None:
+        """Save at every `checkpoint.every_n_steps`, or now when `force`; all ranks call it.
+        Returns the committed checkpoint's path or URI."""
         every = self._config.checkpoint.every_n_steps
         if not force and not (every and step % every == 0):
             return None
@@ -143,45 +151,90 @@ class Checkpointer:
         self.last_saved = self._save()
         return self.last_saved
 
-    def _save(self) -> Path:
-        """All ranks write their part; rank 0 commits only once every rank succeeded."""
-        ctx, progress = self.ctx, self._progress
-        path = self.root / checkpoint_tag(progress.step)
-        if ctx.is_main:
-            files.prepare_folder(self.root, progress.step)
+    def _save(self) -> str:
+        """Every rank writes (and, to remote storage, uploads) its part and reports its files;
+        rank 0 commits once all reported. A rank that fails raises at once: a collective the
+        others are not in would hang the job, and its launcher stops the others instead."""
+        ctx, step = self.ctx, self._progress.step
+        self._check_space(step)
+        self.store.clear(step, storage=ctx.is_main, staging=ctx.local_rank == 0)
         ctx.barrier()
+        folder = self.store.folder(step)
         try:
-            names = self._engine.save(self.root, path.name)
+            names = self._engine.save(self.store.staging, folder.name)
             loader_state = self._loader.state_dict()
-            names += [p.name for p in write_rank_state(path, ctx.rank, loader_state, rng_state())]
-            report = markers.report(path, names)
+            written = write_rank_state(folder, ctx.rank, loader_state, rng_state())
+            names += [p.name for p in written]
+            report = markers.report(folder, names)
+            self.store.publish(step, names)
         except OSError as err:
-            # DeepSpeed's save left the other ranks in collectives this rank cannot match now:
-            # fail at once; the launcher (Ray Train, torchrun) then stops the other ranks.
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(
-                f"rank {ctx.rank} could not write checkpoint {path}: {err}"
+                f"rank {ctx.rank} could not write checkpoint {checkpoint_tag(step)}: {reason}"
             ) from None
+        self._rank_bytes = sum(entry["size"] for entry in report.values())
         reports = ctx.all_gather_object(report)
+        uri = None
         if ctx.is_main:
-            files.commit(path, progress.step, reports, {**self._meta, **asdict(progress)})
-            files.prune(self.root, self._config.checkpoint.keep_last)
-        ctx.barrier()
-        return path
+            uri = self.store.commit(step, reports, {**self._meta, **asdict(self._progress)})
+            files.prune(self.store.storage, self._config.checkpoint.keep_last)
+        uri = ctx.broadcast_object(uri)
+        if ctx.local_rank == 0:
+            self.store.unstage(step)
+        return uri
+
+    def _check_space(self, step: int) -> None:
+        """Every rank checks room for what it is about to write (its last checkpoint's bytes,
+        or an estimate); all fail together, before anything is written, when one is short."""
+        folder = self.store.folder(step)
+        free = shutil.disk_usage(_existing(folder)).free
+        need = int(self._rank_bytes * 1.1) + _MB
+        short = self.ctx.all_gather_object((self.ctx.rank, need, free, str(folder.parent)))
+        worst = [s for s in short if s[1] > s[2]]
+        if worst:
+            rank, need, free, where = worst[0]
+            raise CheckpointError(
+                f"no space left for checkpoint {checkpoint_tag(step)}: rank {rank} needs about "
+                f"{need / _MB:.1f} MB in {where}, {free / _MB:.1f} MB free (the last committed "
+                "checkpoint is kept; free space, then resume with --resume auto)"
+            )
 
     def _choose(self, architecture: ViTConfig) -> Checkpoint | None:
         """Rank 0 decides (it alone warns about torn folders); every rank gets its answer."""
 
         def decide() -> str | None:
-            found = select_checkpoint(self.root, self.request.resume)
-            return str(found.path) if found else None
+            found = select_checkpoint(self.store.storage, self.request.resume)
+            return found.uri if found else None
 
         chosen = self.ctx.broadcast_object(self.ctx.on_main(decide) if self.ctx.is_main else None)
         if chosen is None:
             return None
-        found = files.open_checkpoint(Path(chosen))
+        found = files.open_checkpoint(chosen)
         check_same_model(found, architecture)
         check_same_teacher(found.meta.get("teacher"), self._teacher)
         return found
+
+    def _prepare_resume(self, found: Checkpoint) -> Checkpoint:
+        """The files this rank loads, local (downloaded from remote storage); for another world
+        size or ZeRO stage, rank 0 converts to DeepSpeed's universal form once and stores it
+        beside the checkpoint for the others."""
+        ctx = self.ctx
+        if not self.load_universal:
+            return self.store.local(found, files.files_for_rank(found, ctx.rank))
+        if ctx.is_main:
+            full = self.store.local(found, None)
+            self.store.fetch_universal(found.tag)  # an earlier conversion, reused if intact
+            convert_to_universal(full)
+            self.store.publish_universal(found.tag)
+        ctx.barrier()
+        if not ctx.is_main:
+            self.store.fetch_universal(found.tag)
+        return self.store.local(found, list(rank_state_files(0)) + _legacy_state(found))
+
+    def _state_rank(self, found: Checkpoint) -> int:
+        """Whose loader and RNG state this rank continues: its own on the same topology; else
+        rank 0's loader position (the loader re-splits the epoch) and a fresh RNG."""
+        return self.ctx.rank if found.world_size == self.ctx.world_size else 0
 
     def _needs_universal(self, found: Checkpoint) -> bool:
         stage = self._config.deepspeed.zero_stage
@@ -189,6 +242,19 @@ class Checkpointer:
         if saved_stage == 0 and stage == 0:
             return False  # unpartitioned: loads on any number of workers as it is
         return found.world_size != self.ctx.world_size or saved_stage != stage
+
+    def _estimated_bytes(self, architecture: ViTConfig) -> int:
+        """This rank's share of a checkpoint before one was written: fp32 weights (rank 0, or
+        each rank's shard at ZeRO-3) plus Adam's fp32 master and two moments per parameter,
+        partitioned at ZeRO >= 1."""
+        from vit_core import VisionTransformer
+
+        with torch.device("meta"):
+            params = sum(p.numel() for p in VisionTransformer(architecture).parameters())
+        stage, world = self._config.deepspeed.zero_stage, self.ctx.world_size
+        optim = 12 * params if stage == 0 else 12 * params // world
+        weights = (4 * params // world) if stage == 3 else (4 * params if self.ctx.is_main else 0)
+        return optim * (self.ctx.is_main or stage > 0) + weights
 
     def _static_meta(self, architecture: ViTConfig, classes: list[str] | None) -> dict[str, Any]:
         config, request = self._config, self.request
@@ -216,3 +282,14 @@ class Checkpointer:
                 "crop_pct": config.augment.eval_crop_pct,
             },
         }
+
+
+def _legacy_state(found: Checkpoint) -> list[str]:
+    """vitpipe 0.1 wrote rank 0's state as one pickled `.pt` (read through the vetted loader)."""
+    return [name for name in found.files if name == "vitpipe_rank00000.pt"]
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -13,9 +13,6 @@ it is accepted, with a notice that its files' contents cannot be verified.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +21,9 @@ from typing import Any
 
 from pipelines.errors import CheckpointError
 from pipelines.layout import MARKER
+from pipelines.storage import Location, locate
 from pipelines.train.rank_state import legacy_name
+from pipelines.transfer import file_digest
 
 FORMAT = 2
 _CHUNK = 1 << 20
@@ -42,14 +41,8 @@ class Check:
 
 
 def digest(path: Path) -> dict[str, Any]:
-    """{"size", "sha256"} of one file."""
-    sha = hashlib.sha256()
-    size = 0
-    with Path(path).open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": sha.hexdigest()}
+    """{"size", "sha256"} of one local file."""
+    return file_digest(Path(path)).to_json()
 
 
 def report(folder: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -93,28 +86,24 @@ def build(
     }
 
 
-def write(folder: Path, marker: Mapping[str, Any]) -> Path:
+def write(folder: Path | Location, marker: Mapping[str, Any]) -> None:
     """Write the marker atomically (the checkpoint counts from this moment)."""
-    path = Path(folder) / MARKER
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(marker, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    _location(folder).join(MARKER).write_json_atomic(dict(marker))
 
 
-def read(folder: Path) -> dict[str, Any]:
+def read(folder: Path | Location) -> dict[str, Any]:
     """The marker of `folder`; CheckpointError when missing or not a marker."""
-    path = Path(folder) / MARKER
+    path = _location(folder).join(MARKER)
     if not path.is_file():
         raise CheckpointError(f"{folder}: no completion marker (torn while saving)")
     try:
-        marker = json.loads(path.read_text())
+        marker = path.read_json()
         int(marker["step"])
         int(marker["world_size"])
         if not isinstance(marker["files"], dict):
             raise TypeError("files is not a mapping")
     except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: unreadable completion marker ({err})") from None
+        raise CheckpointError(f"{path.uri}: unreadable completion marker ({err})") from None
     return marker
 
 
@@ -156,10 +145,11 @@ def required_files(world_size: int, zero_stage: int) -> list[str]:
     return required
 
 
-def check(folder: Path, marker: Mapping[str, Any], *, hashes: bool = True) -> Check:
-    """Whether `folder`'s files agree with `marker`; hashing every file costs a full read, so
-    listing checkpoints passes `hashes=False` and loading one passes True."""
-    folder = Path(folder)
+def check(folder: Path | Location, marker: Mapping[str, Any], *, hashes: bool = True) -> Check:
+    """Whether `folder`'s files agree with `marker` (one listing gives every size); hashing
+    every file costs a full read, so listing checkpoints passes `hashes=False` and loading a
+    local one passes True (a remote one is verified file by file as it is downloaded)."""
+    location = _location(folder)
     files = marker.get("files")
     if not isinstance(files, dict):
         return Check("the marker lists no files")
@@ -176,22 +166,40 @@ def check(folder: Path, marker: Mapping[str, Any], *, hashes: bool = True) -> Ch
         if not any(re.fullmatch(pattern, name) for name in entries):
             shown = pattern.replace("\\", "")
             return Check(f"the marker does not list {shown}, which every such checkpoint has")
+    sizes = _sizes(location, entries)
     for name, (size, sha256) in entries.items():
-        path = folder / name
-        if not path.is_file():
+        if name not in sizes:
             return Check(f"file {name} is missing")
-        actual = path.stat().st_size
-        if actual != size:
-            return Check(f"file {name} has {actual} bytes, the marker says {size}")
-        if hashes and sha256 is not None and digest(path)["sha256"] != sha256:
+        if sizes[name] != size:
+            return Check(f"file {name} has {sizes[name]} bytes, the marker says {size}")
+        changed = hashes and location.is_local and sha256 is not None
+        if changed and digest(location.local_path() / name)["sha256"] != sha256:
             return Check(f"file {name} does not match its sha256 in the marker (changed on disk)")
     notice = None
     if legacy:
         notice = (
-            f"checkpoint {folder} has a vitpipe 0.1 marker: it lists sizes only, no hashes, so "
-            "its files' contents are not verified"
+            f"checkpoint {location.uri} has a vitpipe 0.1 marker: it lists sizes only, no "
+            "hashes, so its files' contents are not verified"
         )
     return Check(None, notice)
+
+
+def _sizes(folder: Location, entries: Mapping[str, Any]) -> dict[str, int]:
+    """{name: size} of the files in `folder` that `entries` names (names may hold a `/`)."""
+    sizes: dict[str, int] = {}
+    listed: dict[str, dict[str, int]] = {}
+    for name in entries:
+        parent, _, base = name.rpartition("/")
+        if parent not in listed:
+            where = folder.join(*parent.split("/")) if parent else folder
+            listed[parent] = {e.name: e.size for e in where.list_dir() if not e.is_dir}
+        if base in listed[parent]:
+            sizes[name] = listed[parent][base]
+    return sizes
+
+
+def _location(folder: Path | Location) -> Location:
+    return folder if isinstance(folder, Location) else locate(str(folder))
 
 
 def _entry(entry: Any, legacy: bool) -> tuple[int, str | None]:

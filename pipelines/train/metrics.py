@@ -17,6 +17,7 @@ from pipelines.layout import METRICS
 from pipelines.run_storage import RunDir
 from pipelines.tracking.async_logger import AsyncMetricLogger
 from pipelines.tracking.mlflow_run import TrackingTarget
+from pipelines.tracking.system_metrics import start_node_monitor, stop_node_monitor, tag_nodes
 from pipelines.train.peak import Peaks
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class MetricsLogger:
             if ctx.is_main and tracking is not None
             else None
         )
+        self._node_monitor = self._watch_nodes(tracking)
         self._throughput = Throughput()
         # Summed on the device: reading a loss back every micro-step would sync the host each step.
         self._loss_sum = torch.zeros((), dtype=torch.float32, device=device)
@@ -196,6 +198,7 @@ class MetricsLogger:
 
     def finish(self) -> dict[str, Any]:
         """Whole-run throughput over ranks, and whether every metric reached the tracker."""
+        stop_node_monitor(self._node_monitor)
         tracking_ok = self._tracker.close() if self._tracker is not None else True
         images, wait = self._throughput.overall()
         images, wait = self.ctx.all_reduce_sum([images, wait])
@@ -206,6 +209,18 @@ class MetricsLogger:
             "mfu_peak": self._peaks.source,
             "tracking_complete": bool(tracking_ok),
         }
+
+    def _watch_nodes(self, tracking: TrackingTarget | None) -> Any | None:
+        """Which ranks run on which node (a run tag, from rank 0), and each node's system
+        metrics (from its first rank). A collective: every rank builds its logger."""
+        self.ranks_by_node: dict[str, list[int]] = {}
+        for node, rank in self.ctx.all_gather_object((self.ctx.node_id, self.ctx.rank)):
+            self.ranks_by_node.setdefault(node, []).append(rank)
+        if tracking is None:
+            return None
+        if self.ctx.is_main:
+            tag_nodes(tracking, self.ranks_by_node)
+        return start_node_monitor(tracking, self.ctx.node_id) if self.ctx.local_rank == 0 else None
 
     def _emit(self, record: dict[str, Any]) -> None:
         if self._file is None:

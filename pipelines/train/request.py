@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pipelines.config import JobConfig
-from pipelines.layout import CHECKPOINTS_DIR
 from pipelines.run_storage import RunDir
 from pipelines.tracking.mlflow_run import TrackingTarget
 
@@ -25,7 +23,3 @@ class TrainRequest:
     def files(self, node_id: str = "driver") -> RunDir:
         """The run dir as a process on `node_id` reads and writes it."""
         return RunDir.open(self.run_dir, self.config.cluster, node_id)
-
-    @property
-    def checkpoint_root(self) -> Path:
-        return Path(self.run_dir) / CHECKPOINTS_DIR

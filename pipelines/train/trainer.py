@@ -105,7 +105,7 @@ class Trainer:
         self._batches = iter(self.train_loader)
         self.engine.train()
         self._log_start()
-        with self.stop.on_signals(signal.SIGTERM):
+        with self.stop.on_signals(signal.SIGTERM, signal.SIGINT):
             while self.progress.step < total:
                 self.train_step()
                 step = self.progress.step
@@ -344,6 +344,7 @@ class Trainer:
             "epoch": self.progress.epoch,
             "samples_seen": self.progress.samples_seen,
             "world_size": self.ctx.world_size,
+            "nodes": self.metrics.ranks_by_node,  # node id -> ranks (a restart may move them)
             "final_train_loss": self.metrics.last_loss,
             "val_top1": evaluated.top1 if evaluated else None,
             "val_top5": evaluated.top5 if evaluated else None,
@@ -351,8 +352,8 @@ class Trainer:
             **overall,
             "fast_path": self.fast.describe(),
             "peak_memory_bytes": peak_memory_bytes(self.engine.device),
-            "checkpoint": str(saved) if saved else None,
-            "resumed_from": str(resumed.path) if resumed else None,
+            "checkpoint": saved,
+            "resumed_from": resumed.uri if resumed else None,
             "num_classes": self.num_classes,
             **self.last_fewshot,
             **loader_stats,

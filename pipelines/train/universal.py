@@ -24,7 +24,7 @@ from pipelines.train.safe_load import vet_folder, weights_only_loads
 
 log = logging.getLogger(__name__)
 
-_DONE = "CONVERTED"
+CONVERTED = "CONVERTED"  # the conversion's own marker: every file with its size and sha256
 _FORMAT = "vitpipe-universal"
 
 
@@ -39,7 +39,7 @@ def convert_to_universal(checkpoint: Checkpoint) -> Path:
 
     load_dir, tag = universal_location(checkpoint)
     out = load_dir / tag
-    if (out / _DONE).is_file():
+    if (out / CONVERTED).is_file():
         problem = converted_problem(out, checkpoint.tag)
         if problem is None:
             return out
@@ -66,23 +66,28 @@ def convert_to_universal(checkpoint: Checkpoint) -> Path:
         if p.is_file()
     }
     done = {"format": _FORMAT, "tag": checkpoint.tag, "files": files}
-    (tmp / _DONE).write_text(json.dumps(done, indent=1, sort_keys=True))
+    (tmp / CONVERTED).write_text(json.dumps(done, indent=1, sort_keys=True))
     tmp.rename(out)
     return out
+
+
+def converted_files(done: dict) -> dict[str, dict]:
+    """{name: {size, sha256}} of a conversion's files, from its CONVERTED content."""
+    return dict(done["files"])
 
 
 def converted_problem(out: Path, tag: str) -> str | None:
     """Why the conversion in `out` cannot be reused, or None: its `CONVERTED` file must list
     every file with the size and sha256 they still have, and no torch file may run code."""
     try:
-        done = json.loads((out / _DONE).read_text())
+        done = json.loads((out / CONVERTED).read_text())
         files = done["files"]
         if done.get("format") != _FORMAT or done.get("tag") != tag or not files:
             return "its CONVERTED file is from another version or checkpoint"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "its CONVERTED file lists no hashes (an earlier vitpipe wrote it)"
     present = {
-        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != _DONE
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != CONVERTED
     }
     if present != set(files):
         return "its files differ from those listed in CONVERTED"
