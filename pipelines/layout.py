@@ -42,3 +42,13 @@ def step_of_tag(name: str) -> int | None:
 
 def sample_keys_name(rank: int) -> str:
     return f"rank{rank:05d}.jsonl"
+
+
+def sample_keys_rank(name: str) -> int | None:
+    """The rank of a `rankNNNNN.jsonl` name, or None for any other name."""
+    digits = name.removeprefix("rank").removesuffix(".jsonl")
+    return (
+        int(digits)
+        if name.startswith("rank") and name.endswith(".jsonl") and digits.isdigit()
+        else None
+    )

@@ -210,3 +210,53 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_two_nodes_checkpoint_and_resume_through_the_object_store(
+    jobs_url, s3_store, fractal_shards, tmp_path, capsys
+):
+    """No shared disk: each node stages in its own scratch; checkpoints, metrics and summary
+    reach the other node and the driver only through run storage (s3://)."""
+    run = f"{s3_store}/twonode-{os.getpid()}-{int(time.time())}"
+    scratch = tmp_path / "scratch"
+    raw = tiny_job(
+        fractal_shards,
+        tmp_path,
+        train={"total_steps": 2},
+        schedule={"warmup_steps": 1},
+        checkpoint={"every_n_steps": 2},
+        tracking={"enabled": False},
+        cluster={"num_workers": 2, "local_scratch": str(scratch / "{node_id}")},
+        data={"num_workers": 0},
+    )
+    first = write_yaml(raw, tmp_path / "first.yaml")
+    assert main(["submit", "-c", str(first), "--address", jobs_url, "--run-dir", run]) == 0
+    raw["train"]["total_steps"] = 4
+    second = write_yaml(raw, tmp_path / "second.yaml")
+    assert main(["submit", "-c", str(second), "--address", jobs_url, "--run-dir", run]) == 0
+    capsys.readouterr()
+
+    from pipelines.storage import locate
+
+    written = locate(run).join("summary.json").read_json()
+    assert written["status"] == "finished" and written["steps"] == 4
+    assert written["resumed_from"] == f"{run}/checkpoints/step_0000002"
+    nodes = written["nodes"]  # Ray node ids: both local nodes report 127.0.0.1
+    assert len(nodes) == 2 and sorted(sum(nodes.values(), [])) == [0, 1], nodes
+    for node, ranks in nodes.items():  # a node's scratch holds only its own ranks' files
+        staged = {p.parent.parent.name for p in (scratch / node).rglob("COMMITTED.json")}
+        assert staged == {f"rank{r:05d}" for r in ranks}, (node, staged)
+        written = {p.name for p in (scratch / node).rglob("zero_pp_rank_*")}
+        assert written == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in ranks}
+
+    tune_id = f"vitpipe-finetune-s3-{os.getpid()}"
+    code = main(
+        ["submit", "-c", str(second), "--address", jobs_url, "--stage", "finetune"]
+        + ["--from", f"{run}/checkpoints/step_0000004", "--run-dir", f"{run}-finetune"]
+        + ["--job-id", tune_id, "--set", "train.total_steps=2"]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:] + out.out[-3000:]
+    tuned = locate(f"{run}-finetune").join("summary.json").read_json()
+    assert tuned["status"] == "finished" and tuned["stage"] == "finetune"
+    assert locate(tuned["export_dir"]).join("model.safetensors").is_file()

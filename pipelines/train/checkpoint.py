@@ -95,7 +95,7 @@ class Checkpointer:
     ):
         self.request = request
         self.ctx = ctx
-        self.store = CheckpointStore.for_run(request.files(ctx.node_id))
+        self.store = CheckpointStore.for_rank(request.files(ctx.node_id), ctx.rank)
         self._config: JobConfig = request.config
         distill = request.config.distill
         self._teacher = teacher_identity(distill) if distill is not None else None
@@ -157,7 +157,7 @@ class Checkpointer:
         others are not in would hang the job, and its launcher stops the others instead."""
         ctx, step = self.ctx, self._progress.step
         self._check_space(step)
-        self.store.clear(step, storage=ctx.is_main, staging=ctx.local_rank == 0)
+        self.store.clear(step, storage=ctx.is_main, staging=True)
         ctx.barrier()
         folder = self.store.folder(step)
         try:
@@ -179,8 +179,7 @@ class Checkpointer:
             uri = self.store.commit(step, reports, {**self._meta, **asdict(self._progress)})
             files.prune(self.store.storage, self._config.checkpoint.keep_last)
         uri = ctx.broadcast_object(uri)
-        if ctx.local_rank == 0:
-            self.store.unstage(step)
+        self.store.unstage(step)
         return uri
 
     def _check_space(self, step: int) -> None:

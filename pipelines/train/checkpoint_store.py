@@ -1,10 +1,10 @@
 """Where checkpoints live and where a process stages them.
 
 Run storage (`<run dir>/checkpoints`) may be a local or shared path, or a URI. DeepSpeed writes
-and reads local files only, so each process works in a staging folder: the storage itself when
-it is local (nothing moves), else its node's scratch, from which each rank uploads the files
-it wrote, and into which it downloads (verified against the commit marker) the files it loads.
-Scratch may vanish between a stop and a resume: nothing is kept only there.
+and reads local files only, so each rank works in a staging folder: the storage itself when it
+is local (nothing moves), else a folder of its own in its node's scratch, from which it uploads
+the files it wrote, and into which it downloads (verified against the commit marker) the files it
+loads. Scratch may vanish between a stop and a resume: nothing is kept only there.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ class CheckpointStore:
     staging: Path  # where DeepSpeed writes and loads: the storage itself, or node scratch
 
     @classmethod
-    def for_run(cls, run: RunDir) -> CheckpointStore:
-        return cls(run.at(CHECKPOINTS_DIR), run.path(CHECKPOINTS_DIR))
+    def for_rank(cls, run: RunDir, rank: int) -> CheckpointStore:
+        """Rank `rank`'s view: its staging folder is its own on scratch (ranks sharing a node
+        never touch each other's files), or the storage itself when that is local."""
+        if not run.remote:
+            return cls(run.at(CHECKPOINTS_DIR), run.path(CHECKPOINTS_DIR))
+        return cls(run.at(CHECKPOINTS_DIR), run.path(CHECKPOINTS_DIR, f"rank{rank:05d}"))
 
     @property
     def remote(self) -> bool:

@@ -24,7 +24,7 @@ from pipelines.data.mixing import mix_batch
 from pipelines.distributed import DistContext
 from pipelines.evaluation.evaluate import EvalResult, evaluate
 from pipelines.evaluation.probe import fewshot_on_shards
-from pipelines.layout import SAMPLE_KEYS_DIR, STOP_REQUEST, sample_keys_name
+from pipelines.layout import SAMPLE_KEYS_DIR, STOP_REQUEST, sample_keys_name, sample_keys_rank
 from pipelines.seeds import mix_seed
 from pipelines.train.checkpoint import Checkpointer, Progress
 from pipelines.train.distill import DistillationLoss, Teacher, check_student, load_teacher
@@ -286,12 +286,19 @@ class Trainer:
         )
 
     def _sample_key_log(self) -> MetricsFile | None:
+        """Every key this rank reads (`train.record_sample_keys`, an audit). On a resume with
+        fewer ranks, rank 0 also cuts the files of ranks that are gone back to the checkpoint:
+        what they read after it was never committed."""
         if not self.config.train.record_sample_keys:
             return None
+        resumed = self.checkpointer.resumed_step
+        if self.ctx.is_main and resumed is not None:
+            for entry in self.run.at(SAMPLE_KEYS_DIR).list_dir():
+                rank = sample_keys_rank(entry.name)
+                if rank is not None and rank >= self.ctx.world_size:
+                    MetricsFile(self.run, SAMPLE_KEYS_DIR, entry.name, resume_step=resumed)
         name = sample_keys_name(self.ctx.rank)
-        return MetricsFile(
-            self.run, SAMPLE_KEYS_DIR, name, resume_step=self.checkpointer.resumed_step
-        )
+        return MetricsFile(self.run, SAMPLE_KEYS_DIR, name, resume_step=resumed)
 
     def _peaks(self) -> Peaks:
         """The rated peak of the dtype the matmuls run in (`mfu`) and the measured one."""
