@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from pipelines.config.base import Section
 
-SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits"]
+SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits", "glyphs"]
 _KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")
 
 
@@ -18,12 +18,22 @@ class SourceSection(Section):
     image_column: str = "image"
     label_column: str = "label"
     path_column: str = "path"
-    num_classes: int = Field(10, ge=1, description="fractal: number of classes")
-    images_per_class: int = Field(100, ge=1, description="fractal: images per class")
-    image_size: int = Field(64, ge=8, description="fractal: rendered size; digits: upscaled size")
+    num_classes: int = Field(
+        10, ge=1, description="fractal: number of classes; glyphs: the first N characters"
+    )
+    images_per_class: int = Field(100, ge=1, description="fractal, glyphs: images per class")
+    image_size: int = Field(
+        64, ge=8, description="fractal, glyphs: rendered size; digits: upscaled size"
+    )
     num_points: int = Field(20_000, ge=100, description="fractal: chaos-game points per image")
     random_orientation: bool = Field(
         True, description="fractal: a random flip and quarter turn per image"
+    )
+    characters: str | None = Field(
+        None, description="glyphs: one class per character; None: the built-in set (no digits)"
+    )
+    low_res: int | None = Field(
+        None, ge=4, description="glyphs: area-average down to this size, then scale up (nearest)"
     )
     seed: int = 0
 
@@ -31,7 +41,32 @@ class SourceSection(Section):
     def _check_path(self) -> SourceSection:
         if self.kind in _KINDS_WITH_PATH and not self.path:
             raise ValueError(f"shard.source.path is required for kind {self.kind!r}")
+        if self.kind == "glyphs":
+            _check_glyphs(self)
         return self
+
+
+def _check_glyphs(section: SourceSection) -> None:
+    # Imported here: pipelines.data.sources imports this module (SourceSection).
+    from pipelines.data.sources.glyphs import DEFAULT_CHARACTERS
+
+    characters = section.characters if section.characters is not None else DEFAULT_CHARACTERS
+    repeated = sorted({c for c in characters if characters.count(c) > 1})
+    if repeated or not characters or any(c.isspace() for c in characters):
+        raise ValueError(
+            f"shard.source.characters={section.characters!r}: needs distinct, non-space "
+            f"characters (repeated: {''.join(repeated)!r})"
+        )
+    if section.num_classes > len(characters):
+        raise ValueError(
+            f"shard.source.num_classes={section.num_classes}: the glyphs source has "
+            f"{len(characters)} characters; use at most {len(characters)} or add characters"
+        )
+    if section.low_res is not None and section.low_res > section.image_size:
+        raise ValueError(
+            f"shard.source.low_res={section.low_res} must be at most "
+            f"shard.source.image_size={section.image_size}"
+        )
 
 
 class ShardSection(Section):
@@ -43,6 +78,10 @@ class ShardSection(Section):
     jpeg_quality: int = Field(95, ge=1, le=100)
     val_fraction: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
+    train_per_class: int | None = Field(
+        None, ge=1, description="a k-shot set: keep k training images per class; val untouched"
+    )
+    train_subset_seed: int = Field(0, description="which k images per class train_per_class keeps")
     num_workers: int = Field(2, ge=1, description="Ray tasks in flight")
     max_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected")
 
