@@ -7,6 +7,9 @@ experiment in one file, plus `shared:` sections merged into both (cluster, track
     finetune: {shard: ..., finetune: ..., optim: ...}   # a full job config
     eval: {fewshot_shots: [5, 10]}
     compare_from_scratch: true
+    transfer: {seeds: [0, 1, 2], points: [{shots: 5, finetune: {...}}, ...]}  # optional
+
+`transfer:` (the label-efficiency curve) is described in `pipelines.config.transfer`.
 
 Every problem of every stage is reported at once, prefixed with the stage (`pretrain.optim.lr`).
 """
@@ -21,6 +24,7 @@ from pydantic import Field, ValidationError
 from pipelines.config.base import Section
 from pipelines.config.job import JobConfig
 from pipelines.config.loader import apply_overrides, config_from_dict, read_yaml
+from pipelines.config.transfer import TransferRun, TransferSection, transfer_runs
 from pipelines.errors import ConfigError
 
 STAGES = ("pretrain", "finetune")
@@ -38,6 +42,7 @@ class PipelineConfig(Section):
     finetune: dict[str, Any]
     eval: EvalStageSection = EvalStageSection()
     compare_from_scratch: bool = True
+    transfer: TransferSection | None = None
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -78,15 +83,33 @@ def pipeline_from_dict(raw: dict[str, Any]) -> tuple[PipelineConfig, dict[str, J
         raise ConfigError([_describe(e, PipelineConfig) for e in err.errors()]) from None
     stages: dict[str, JobConfig] = {}
     for stage in STAGES:
-        merged = _deep_merge(pipeline.shared, getattr(pipeline, stage))
-        merged.setdefault("name", f"{pipeline.name}-{stage}")
+        merged = stage_dict(pipeline, stage)
         try:
             stages[stage] = config_from_dict(merged)
         except ConfigError as err:
             problems.extend(f"{stage}.{p}" for p in err.problems)
+    if pipeline.transfer is not None and not problems:
+        try:
+            transfer_runs(pipeline.transfer, stage_dict(pipeline, "finetune"))
+        except ConfigError as err:
+            problems.extend(err.problems)
     if problems:
         raise ConfigError(problems)
     return pipeline, stages
+
+
+def stage_dict(pipeline: PipelineConfig, stage: str) -> dict[str, Any]:
+    """A stage's job config as a dict, `shared:` merged in (before validation)."""
+    merged = _deep_merge(pipeline.shared, getattr(pipeline, stage))
+    merged.setdefault("name", f"{pipeline.name}-{stage}")
+    return merged
+
+
+def pipeline_transfer_runs(pipeline: PipelineConfig, root: Path) -> list[TransferRun]:
+    """The label-efficiency runs of `pipeline` (none without `transfer:`), under `root`."""
+    if pipeline.transfer is None:
+        return []
+    return transfer_runs(pipeline.transfer, stage_dict(pipeline, "finetune"), root=root)
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
