@@ -11,6 +11,7 @@ from typing import Any
 
 from pipelines.distributed import DistContext
 from pipelines.errors import VitpipeError
+from pipelines.numerics import pin_threads
 from pipelines.train.request import TrainRequest
 
 RESULT_FILE = "worker_result.json"
@@ -22,6 +23,7 @@ def run_local(request: TrainRequest) -> dict[str, Any]:
     import torch.distributed as dist
 
     use_gpu = request.config.cluster.use_gpu
+    pin_threads(request.config.cluster, ray_worker=False)
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local_rank = (
@@ -85,6 +87,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     request: TrainRequest = loop_config["request"]
+    pin_threads(request.config.cluster, ray_worker=True)
     context = ray.train.get_context()
     ctx = DistContext(
         rank=context.get_world_rank(),

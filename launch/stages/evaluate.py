@@ -19,6 +19,7 @@ from pipelines.data.manifest import read_manifest
 from pipelines.distributed import DistContext
 from pipelines.errors import DataError
 from pipelines.model_sources import load_source_model
+from pipelines.numerics import numerics_info, pin_threads
 from pipelines.tracking import mlflow_run
 
 
@@ -39,6 +40,7 @@ def run_eval_job(
     run_dir.mkdir(parents=True, exist_ok=True)
     ensure_shards(config, progress=progress)
     started = time.time()
+    pin_threads(config.cluster, ray_worker=False)
     loaded = load_source_model(source)
     model = loaded.model
     device = torch.device("cuda" if config.cluster.use_gpu and torch.cuda.is_available() else "cpu")
@@ -73,6 +75,7 @@ def run_eval_job(
         "source": loaded.path,
         "source_kind": loaded.kind,
         "data": root,
+        "numerics": numerics_info(),
     }
     artifacts: list[Path] = []
     try:

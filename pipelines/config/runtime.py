@@ -31,6 +31,11 @@ class ClusterSection(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads per process; None: cpus_per_worker on Ray, all cores locally",
+    )
     resources_per_worker: dict[str, float] = {}
     max_failures: int = Field(0, ge=-1)
     storage_path: str | None = Field(None, description="None: <run dir>/ray")

@@ -22,6 +22,7 @@ from pipelines.data.manifest import Manifest, read_manifest
 from pipelines.distributed import DistContext
 from pipelines.errors import CheckpointError
 from pipelines.evaluation.evaluate import EvalResult, evaluate
+from pipelines.numerics import numerics_info
 from pipelines.train import checkpoint as ckpt
 from pipelines.train.engine import DeepSpeedEngine
 from pipelines.train.fast_path import FastPath
@@ -231,6 +232,7 @@ def train(request: TrainRequest, ctx: DistContext) -> dict[str, Any] | None:
         "resumed_from": str(resume_from.path) if resume_from else None,
         "num_classes": num_classes,
         "tracking_complete": bool(tracking_ok),
+        "numerics": numerics_info(),
         **last_fewshot,
         **{f"loader_{k}": v for k, v in _loader_stats(train_loader).items()},
     }
