@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -51,22 +52,47 @@ def shard_in_process(config: JobConfig) -> float:
     return time.perf_counter() - started
 
 
-def scratch_init(pretrain_checkpoint: str, seed: int, out: Path) -> Path:
+def scratch_init(vit_config: dict, preprocess: dict | None, seed: int, out: Path) -> Path:
     """A random init of the pretrained architecture, exported like a model (seeded)."""
     import torch
 
     from pipelines.export import export_info, save_model
-    from pipelines.train.checkpoint import open_checkpoint
     from vit_core import VisionTransformer, ViTConfig
 
     if (out / "model.safetensors").is_file():
         return out
-    meta = open_checkpoint(Path(pretrain_checkpoint)).meta
     torch.manual_seed(seed)
-    model = VisionTransformer(ViTConfig.from_dict(meta["vit_config"]))
-    info = export_info(model, stage="random-init", preprocess=meta.get("preprocess"))
+    model = VisionTransformer(ViTConfig.from_dict(vit_config))
+    info = export_info(model, stage="random-init", preprocess=preprocess)
     save_model(model, out, info=info)
     return out
+
+
+def architecture(checkpoint: str | None, pretrain: JobConfig) -> tuple[dict, dict]:
+    """The pretrained model's ViT config and preprocessing: from its checkpoint, else from the
+    pretraining config (scratch-only runs, before or without pretraining)."""
+    if checkpoint is not None:
+        from pipelines.train.checkpoint import open_checkpoint
+
+        meta = open_checkpoint(Path(checkpoint)).meta
+        return meta["vit_config"], meta.get("preprocess")
+    import vit_core
+
+    classes = pretrain.model.num_classes or pretrain.shard.source.num_classes
+    model = vit_core.create_model(pretrain.model.name, **pretrain.model.vit_overrides(classes))
+    augment = pretrain.augment
+    preprocess = {"img_size": model.config.img_size, "mean": list(augment.mean),
+                  "std": list(augment.std), "crop_pct": augment.eval_crop_pct}  # fmt: skip
+    return model.config.to_dict(), preprocess
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (dataloader workers, Ray excluded)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def load(args: argparse.Namespace):
@@ -99,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = round(timings.get(name, 0.0) + seconds, 2)
         timings[f"{name}_load1"] = round(os.getloadavg()[0], 2)
 
-    if args.pretrain_from:
+    checkpoint = None
+    if args.inits == ["scratch"] and not args.pretrain_from:
+        pass  # the scratch baseline needs only the architecture
+    elif args.pretrain_from:
         from pipelines.train.checkpoint import latest_checkpoint, open_checkpoint
 
         path = Path(args.pretrain_from).resolve()
@@ -114,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = pre["checkpoint"]
         print(f"pretrain: val top-1 {pre.get('val_top1')}, {timings['pretrain_s']} s", flush=True)
 
+    vit_config, preprocess = architecture(checkpoint, stages["pretrain"])
     points_path = args.out / "points.json"
     points = json.loads(points_path.read_text()) if points_path.is_file() else []
     done = {(p["k"], p["seed"], p["init"]) for p in points}
@@ -123,10 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         timed("shard_finetune_s", shard_in_process(run.config))
         init = checkpoint
         if run.init == "scratch":
-            init = str(
-                scratch_init(checkpoint, run.seed, args.out / "scratch_init" / f"s{run.seed}")
-            )
-        started = time.perf_counter()
+            out = args.out / "scratch_init" / f"s{run.seed}"
+            init = str(scratch_init(vit_config, preprocess, run.seed, out))
+        started, cpu = time.perf_counter(), cpu_seconds()
         summary = run_finetune_job(
             run.config, init_from=init, launcher=args.launcher, progress=False
         )
@@ -134,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         timed(f"finetune_k{run.shots}_s", elapsed)
         point = {"k": run.shots, "seed": run.seed, "init": run.init,
                  "val_top1": summary["val_top1"], "elapsed_s": round(elapsed, 1),
+                 "cpu_s": round(cpu_seconds() - cpu, 1),
                  "load1": round(os.getloadavg()[0], 2)}  # fmt: skip
         points.append(point)
         points_path.write_text(json.dumps(points, indent=1))
