@@ -71,6 +71,9 @@ def scratch_init(vit_config: dict, preprocess: dict | None, seed: int, out: Path
 def architecture(checkpoint: str | None, pretrain: JobConfig) -> tuple[dict, dict]:
     """The pretrained model's ViT config and preprocessing: from its checkpoint, else from the
     pretraining config (scratch-only runs, before or without pretraining)."""
+    if checkpoint is not None and Path(checkpoint, "config.json").is_file():
+        info = json.loads(Path(checkpoint, "config.json").read_text())  # an export dir
+        return info["vit_config"], info.get("preprocess")
     if checkpoint is not None:
         from pipelines.train.checkpoint import open_checkpoint
 
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = None
     if args.inits == ["scratch"] and not args.pretrain_from:
         pass  # the scratch baseline needs only the architecture
+    elif args.pretrain_from and Path(args.pretrain_from, "model.safetensors").is_file():
+        checkpoint = str(Path(args.pretrain_from).resolve())  # an export dir
     elif args.pretrain_from:
         from pipelines.train.checkpoint import latest_checkpoint, open_checkpoint
 
