@@ -134,7 +134,7 @@ def plot(
     axes.set_ylabel("validation top-1 (%)")
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right")
+    axes.legend(loc="best")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
