@@ -23,6 +23,7 @@ from pipelines.config import JobConfig
 from pipelines.distributed import DistContext
 from pipelines.errors import VitpipeError
 from pipelines.layout import WORKER_RESULT
+from pipelines.numerics import pin_threads
 from pipelines.train.request import TrainRequest
 from pipelines.train.trainer import Trainer
 
@@ -45,6 +46,7 @@ def run_local(request: TrainRequest) -> dict[str, Any] | None:
     """This process trains: rank/world from torchrun's environment, else a 1-process group.
     Returns rank 0's result; None on the other ranks."""
     use_gpu = request.config.cluster.use_gpu
+    pin_threads(request.config.cluster, ray_worker=False)
     env = os.environ
     init_method = None  # torchrun's (or the launcher's) env:// rendezvous
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -153,6 +155,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
 
     configure_logging()
     request: TrainRequest = loop_config["request"]
+    pin_threads(request.config.cluster, ray_worker=True)
     context = ray.train.get_context()
     ctx = DistContext(
         rank=context.get_world_rank(),

@@ -240,6 +240,21 @@ def test_fractal_same_seed_same_bytes(tmp_path):
     assert _shas(tmp_path / "c") != _shas(tmp_path / "a")
 
 
+def test_glyphs_same_bytes_at_any_worker_count(tmp_path):
+    source = {"kind": "glyphs", "num_classes": 4, "images_per_class": 6, "image_size": 16,
+              "low_res": 8}  # fmt: skip
+    common = {"samples_per_shard": 5, "image_format": "png", "val_fraction": 0.2}
+    a = run_shard(_config(tmp_path / "a", source, num_workers=2, **common), progress=False)
+    b = run_shard(_config(tmp_path / "b", source, num_workers=1, **common), progress=False)
+    assert a["num_samples"] == b["num_samples"] == 24 and a["num_classes"] == 4
+    assert _shas(tmp_path / "a") == _shas(tmp_path / "b")
+    manifest = read_manifest(str(tmp_path / "a"))
+    assert manifest.classes[0] == "U+0041 LATIN CAPITAL LETTER A"
+    assert manifest.source["kind"] == "glyphs" and manifest.source["low_res"] == 8
+    run_shard(_config(tmp_path / "c", dict(source, seed=1), **common), progress=False)
+    assert _shas(tmp_path / "c") != _shas(tmp_path / "a")
+
+
 def test_cli(tmp_path, capsys):
     config = tmp_path / "digits.yaml"
     config.write_text(

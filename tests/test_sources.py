@@ -343,3 +343,56 @@ def test_fractal_without_random_orientation_keeps_classes_upright():
         orientations += [o[:, ::-1] for o in orientations]
         assert any(np.array_equal(a, o) for o in orientations)
     assert any(not np.array_equal(a, b) for a, b in zip(turned, fixed, strict=True))
+
+
+def test_glyphs_are_deterministic_digit_free_and_distinct_per_class():
+    from pipelines.data.sources.glyphs import DEFAULT_CHARACTERS, is_number
+
+    assert not [c for c in DEFAULT_CHARACTERS if is_number(c) or c.isdigit()]
+    assert len(set(DEFAULT_CHARACTERS)) == len(DEFAULT_CHARACTERS)
+    section = SourceSection(kind="glyphs", num_classes=5, images_per_class=4, image_size=16)
+    source = build_source(section)
+    index = source.index()
+    assert len(index.refs) == 20 and index.classes[0] == "U+0041 LATIN CAPITAL LETTER A"
+    assert [r.key for r in index.refs[:2]] == ["glyph_c0000_i000000", "glyph_c0000_i000001"]
+    first = [np.asarray(item.image) for _, item in source.load(index.refs)]
+    again = [np.asarray(item.image) for _, item in build_source(section).load(index.refs[::-1])]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again[::-1], strict=True))
+    for image in first:  # grey, bright ink on black, the ink fills a good part of the frame
+        assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+        assert np.array_equal(image[..., 0], image[..., 2]) and image.max() == 255
+        assert 0.08 < (image[..., 0] > 128).mean() < 0.7
+        border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+        assert np.median(border) < 60
+    assert not np.array_equal(first[0], first[1])  # images of a class vary
+    means = np.stack([np.stack(first[c * 4 : c * 4 + 4]).mean(0) for c in range(5)])
+    within = np.mean([np.abs(first[i].astype(float) - means[i // 4]).mean() for i in range(20)])
+    across = np.mean([np.abs(means[a] - means[b]).mean() for a in range(5) for b in range(a)])
+    assert across > 0.5 * within  # classes differ (A, B, C, D, E)
+    describe = source.describe()
+    assert describe["characters"] == "ABCDE" and len(describe["fonts_sha256"]) == 16
+    assert not any("/" in name for name in describe["fonts"])  # names, not paths
+
+
+def test_glyphs_low_res_is_blocky_and_keys_are_validated():
+    section = SourceSection(
+        kind="glyphs", num_classes=3, images_per_class=2, image_size=32, low_res=8, seed=3
+    )
+    image = np.asarray(
+        next(iter(build_source(section).load(build_source(section).index().refs)))[1].image
+    )
+    blocks = image[..., 0].reshape(8, 4, 8, 4)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # 8x8 pixels scaled up 4x, nearest
+    custom = build_source(SourceSection(kind="glyphs", characters="xy", num_classes=2))
+    assert custom.index().classes == ("U+0078 LATIN SMALL LETTER X", "U+0079 LATIN SMALL LETTER Y")
+    for bad, field in (
+        ({"num_classes": 1000}, "num_classes=1000"),
+        ({"characters": "aa", "num_classes": 1}, "characters='aa'"),
+        ({"low_res": 40, "image_size": 32}, "low_res=40"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            SourceSection(kind="glyphs", **bad)
+    from pipelines.errors import DataError
+
+    with pytest.raises(DataError, match="no font draws"):
+        build_source(SourceSection(kind="glyphs", characters="\u0f00", num_classes=1)).index()

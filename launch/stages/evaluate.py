@@ -16,6 +16,7 @@ from pipelines.evaluation.classify import classify_on_shards, eval_device, eval_
 from pipelines.evaluation.probe import fewshot_on_shards
 from pipelines.evaluation.report import write_report
 from pipelines.model_sources import load_source_model
+from pipelines.numerics import numerics_info, pin_threads
 from pipelines.run_storage import RunDir
 from pipelines.tracking.run_params import run_params
 
@@ -36,6 +37,7 @@ def run_eval_job(
     files = RunDir.open(config.resolved_run_dir, config.cluster)
     files.local.mkdir(parents=True, exist_ok=True)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
+    pin_threads(config.cluster, ray_worker=False)
     loaded = load_source_model(source)
     model = loaded.model.to(eval_device(config)).eval()
     target = eval_target(model, config, classify=classify, fewshot=bool(fewshot))
@@ -48,7 +50,9 @@ def run_eval_job(
         tags={"vitpipe.init_from": str(loaded.path), **(tags or {})},
         params=run_params(config.to_dict(), stage="eval"),
     ) as run:
-        run.summary.update(source=loaded.path, source_kind=loaded.kind, data=target.root)
+        run.summary.update(
+            source=loaded.path, source_kind=loaded.kind, data=target.root, numerics=numerics_info()
+        )
         if target.classify:
             wrap = progress_wrap("eval") if progress else None
             result = classify_on_shards(model, config, target.root, wrap=wrap)

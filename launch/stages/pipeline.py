@@ -11,9 +11,12 @@ from launch.stages.evaluate import run_eval_job
 from launch.stages.finetune import run_finetune_job
 from launch.stages.lifecycle import stage_run
 from launch.stages.training import run_training_job
+from launch.stages.transfer import run_transfer_curve
 from pipelines.config import FinetuneSection, JobConfig
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.errors import VitpipeError
+from pipelines.evaluation.transfer import format_table as transfer_table
+from pipelines.evaluation.transfer import group
 from pipelines.export import export_random_init
 from pipelines.storage import Location
 from pipelines.tracking.run_params import run_params
@@ -57,6 +60,22 @@ def run_pipeline(
             scratch = None
             if pipeline.compare_from_scratch:
                 scratch = _finetune_from_scratch(finetune_cfg, pre, run_dir, parent_id, progress)
+            if pipeline.transfer is not None:
+                points, report = run_transfer_curve(
+                    pipeline,
+                    finetune_cfg,
+                    pretrained=pre,
+                    tuned=fine,
+                    scratch=scratch,
+                    run_dir=run_dir,
+                    progress=progress,
+                )
+                run.artifacts.append(report.plot)
+                run.summary.update(
+                    transfer=points,
+                    transfer_means=report.means,
+                    transfer_gain=report.gain,
+                )
         evaluated = run_eval_job(
             finetune_cfg,
             source=fine["export_dir"],
@@ -116,6 +135,9 @@ def format_table(summary: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{'downstream val top-1':<{width}}  accuracy", "-" * (width + 10)]
     lines += [f"{name:<{width}}  {pct(value)}" for name, value in rows]
+    if summary.get("transfer"):
+        lines += ["", "label efficiency (downstream val top-1, mean +- half the seed spread over seeds):"]
+        lines.append(transfer_table(group(summary["transfer"])))
     lines.append(
         f"elapsed {summary.get('elapsed_s')} s; registered model: {summary.get('registered_model_uri')}"
     )

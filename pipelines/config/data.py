@@ -11,7 +11,7 @@ from pipelines.config.model import MAX_IMG_SIZE
 from pipelines.data.labels import LABEL_KEY_PATTERN
 from pipelines.errors import ConfigError
 
-SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits", "webdataset"]
+SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits", "webdataset", "glyphs"]
 _KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")
 
 
@@ -21,16 +21,35 @@ class SourceSection(Section):
     image_column: str = "image"
     label_column: str = "label"
     path_column: str = "path"
-    num_classes: int = Field(10, ge=1, le=1_000_000, description="fractal: number of classes")
-    images_per_class: int = Field(100, ge=1, le=10_000_000, description="fractal: images per class")
+    num_classes: int = Field(
+        10,
+        ge=1,
+        le=1_000_000,
+        description="fractal: number of classes; glyphs: the first N characters",
+    )
+    images_per_class: int = Field(
+        100, ge=1, le=10_000_000, description="fractal, glyphs: images per class"
+    )
     image_size: int = Field(
-        64, ge=8, le=MAX_IMG_SIZE, description="fractal: rendered size; digits: upscaled size"
+        64,
+        ge=8,
+        le=MAX_IMG_SIZE,
+        description="fractal, glyphs: rendered size; digits: upscaled size",
     )
     num_points: int = Field(
         20_000, ge=100, le=100_000_000, description="fractal: chaos-game points per image"
     )
     random_orientation: bool = Field(
         True, description="fractal: a random flip and quarter turn per image"
+    )
+    characters: str | None = Field(
+        None, description="glyphs: one class per character; None: the built-in set (no digits)"
+    )
+    low_res: int | None = Field(
+        None,
+        ge=4,
+        le=MAX_IMG_SIZE,
+        description="glyphs: area-average down to this size, then scale up (nearest)",
     )
     seed: Seed = 0
     max_file_bytes: int = Field(
@@ -66,7 +85,32 @@ class SourceSection(Section):
             for name in ("urls", "val_urls", "classes_file"):
                 if getattr(self, name):
                     raise ValueError(f"shard.source.{name} is only for kind 'webdataset'")
+        if self.kind == "glyphs":
+            _check_glyphs(self)
         return self
+
+
+def _check_glyphs(section: SourceSection) -> None:
+    # Imported here: pipelines.data.sources imports this module (SourceSection).
+    from pipelines.data.sources.glyphs import DEFAULT_CHARACTERS
+
+    characters = section.characters if section.characters is not None else DEFAULT_CHARACTERS
+    repeated = sorted({c for c in characters if characters.count(c) > 1})
+    if repeated or not characters or any(c.isspace() for c in characters):
+        raise ValueError(
+            f"shard.source.characters={section.characters!r}: needs distinct, non-space "
+            f"characters (repeated: {''.join(repeated)!r})"
+        )
+    if section.num_classes > len(characters):
+        raise ValueError(
+            f"shard.source.num_classes={section.num_classes}: the glyphs source has "
+            f"{len(characters)} characters; use at most {len(characters)} or add characters"
+        )
+    if section.low_res is not None and section.low_res > section.image_size:
+        raise ValueError(
+            f"shard.source.low_res={section.low_res} must be at most "
+            f"shard.source.image_size={section.image_size}"
+        )
 
 
 class ShardSection(Section):
@@ -80,6 +124,10 @@ class ShardSection(Section):
     jpeg_quality: int = Field(95, ge=1, le=100)
     val_fraction: float = Field(0.0, ge=0, lt=1)
     seed: Seed = 0
+    train_per_class: int | None = Field(
+        None, ge=1, description="a k-shot set: keep k training images per class; val untouched"
+    )
+    train_subset_seed: Seed = Field(0, description="which k images per class train_per_class keeps")
     num_workers: int = Field(2, ge=1, le=100_000, description="Ray tasks in flight")
     max_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected")
 

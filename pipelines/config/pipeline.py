@@ -7,12 +7,16 @@ experiment in one file, plus `shared:` sections merged into both (cluster, track
     finetune: {shard: ..., finetune: ..., optim: ...}   # a full job config
     eval: {fewshot_shots: [5, 10]}
     compare_from_scratch: true
+    transfer: {seeds: [0, 1, 2], points: [{shots: 5, finetune: {...}}, ...]}  # optional
+
+`transfer:` (the label-efficiency curve) is described in `pipelines.config.transfer`.
 
 Every problem of every stage is reported at once, prefixed with the stage (`pretrain.optim.lr`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,9 @@ from pydantic import Field, ValidationError
 from pipelines.config.base import Section
 from pipelines.config.job import JobConfig
 from pipelines.config.loader import _describe, apply_overrides, config_from_dict, read_yaml
-from pipelines.config.paths import absolute, with_absolute_paths
+from pipelines.config.paths import with_absolute_paths
+from pipelines.config.transfer import TransferRun, TransferSection, deep_merge, transfer_runs
 from pipelines.errors import ConfigError
-from pipelines.storage import Location, locate
 
 STAGES = ("pretrain", "finetune")
 
@@ -43,6 +47,7 @@ class PipelineConfig(Section):
     runlocal: bool = Field(
         False, description="shrink both stages (see pipelines/config/runlocal.py)"
     )
+    transfer: TransferSection | None = None
 
     @property
     def resolved_run_dir(self) -> str:
@@ -81,39 +86,36 @@ def pipeline_from_dict(raw: dict[str, Any]) -> tuple[PipelineConfig, dict[str, J
         raise ConfigError([_describe(e, PipelineConfig) for e in err.errors()]) from None
     stages: dict[str, JobConfig] = {}
     for stage in STAGES:
-        merged = _deep_merge(pipeline.shared, getattr(pipeline, stage))
-        merged.setdefault("name", f"{pipeline.name}-{stage}")
-        if pipeline.runlocal:
-            merged["runlocal"] = True
+        merged = stage_dict(pipeline, stage)
         try:
             stages[stage] = config_from_dict(merged)
         except ConfigError as err:
             problems.extend(f"{stage}.{p}" for p in err.problems)
+    if pipeline.transfer is not None and not problems:
+        try:
+            transfer_runs(pipeline.transfer, stage_dict(pipeline, "finetune"))
+        except ConfigError as err:
+            problems.extend(err.problems)
     if problems:
         raise ConfigError(problems)
     return pipeline, stages
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def stage_dict(pipeline: PipelineConfig, stage: str) -> dict[str, Any]:
+    """A stage's job config as a dict, `shared:` merged in (before validation)."""
+    merged = deep_merge(pipeline.shared, getattr(pipeline, stage))
+    merged.setdefault("name", f"{pipeline.name}-{stage}")
+    if pipeline.runlocal:
+        merged["runlocal"] = True
+    return merged
 
 
-def resolve_stages(
-    pipeline: PipelineConfig, stages: dict[str, JobConfig], run_dir: str | None = None
-) -> tuple[Location, dict[str, JobConfig]]:
-    """The pipeline's run dir (absolute, or a storage URI) and its stage configs with absolute
-    paths, each stage in `<run dir>/<stage>`, all logging to the pretraining stage's MLflow
-    experiment (nested runs only nest within one experiment)."""
-    root = locate(absolute(str(run_dir or pipeline.resolved_run_dir)))
-    resolved = {name: with_absolute_paths(cfg, root.join(name).uri) for name, cfg in stages.items()}
-    experiment = resolved["pretrain"].tracking.experiment
-    for name, cfg in resolved.items():
-        tracking = cfg.tracking.model_copy(update={"experiment": experiment})
-        resolved[name] = cfg.model_copy(update={"tracking": tracking})
-    return root, resolved
+def pipeline_transfer_runs(pipeline: PipelineConfig, root: Path) -> list[TransferRun]:
+    """The label-efficiency runs of `pipeline` (none without `transfer:`), under `root`."""
+    if pipeline.transfer is None:
+        return []
+    runs = transfer_runs(pipeline.transfer, stage_dict(pipeline, "finetune"), root=root)
+    return [
+        dataclasses.replace(run, config=with_absolute_paths(run.config, run.config.run_dir))
+        for run in runs
+    ]

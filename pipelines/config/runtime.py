@@ -42,6 +42,12 @@ class ClusterSection(Section):
     min_workers: int | None = Field(None, ge=1, description="set by num_workers: [min, max]")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, le=4096)
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="torch threads per process; None: cpus_per_worker on Ray, all cores locally",
+    )
     resources_per_worker: dict[str, float] = {}
     max_failures: int = Field(0, ge=-1, le=10_000)
     storage_path: str | None = Field(None, description="None: <run dir>/ray")

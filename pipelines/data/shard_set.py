@@ -54,6 +54,8 @@ def prepare(section: ShardSection) -> tuple[ShardJob, ShardPlan]:
         samples_per_shard=section.samples_per_shard,
         val_fraction=section.val_fraction,
         seed=section.seed,
+        train_per_class=section.train_per_class,
+        train_subset_seed=section.train_subset_seed,
         settings={
             "shard_format": SHARD_FORMAT_VERSION,
             "source": source.describe(),
@@ -117,6 +119,7 @@ def build_manifest(
             "samples_per_shard": section.samples_per_shard,
             "val_fraction": section.val_fraction,
             "seed": section.seed,
+            **_subset_settings(section),
             "image_format": section.image_format,
             "jpeg_quality": section.jpeg_quality,
             "max_size": section.max_size,
@@ -132,6 +135,16 @@ def build_manifest(
         source=source,
         extra=extra,
     )
+
+
+def _subset_settings(section: ShardSection) -> dict[str, int]:
+    """Only for k-shot sets, so manifests of full sets stay as they were."""
+    if section.train_per_class is None:
+        return {}
+    return {
+        "train_per_class": section.train_per_class,
+        "train_subset_seed": section.train_subset_seed,
+    }
 
 
 def remove_stale_shards(output: Location, plan: ShardPlan) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.data.sources.base import Rejected, SampleRef, SourceIndex
+from pipelines.data.subset import select_per_class
 
 PLAN_VERSION = 1
 TRAIN, VAL = "train", "val"
@@ -89,14 +90,20 @@ def make_plan(
     val_fraction: float,
     seed: int,
     settings: dict[str, Any],
+    train_per_class: int | None = None,
+    train_subset_seed: int = 0,
 ) -> ShardPlan:
-    """`settings`: everything besides the samples that decides a shard's bytes (JSON-able)."""
+    """`settings`: everything besides the samples that decides a shard's bytes (JSON-able).
+    `train_per_class`: keep that many training samples per class (`pipelines.data.subset`)."""
     assert samples_per_shard >= 1
     common = json.dumps(
         {"plan_version": PLAN_VERSION, "classes": index.classes, **settings}, sort_keys=True
     )
     shards: list[ShardTask] = []
-    for split, members in split_refs(index.refs, val_fraction, seed).items():
+    splits = split_refs(index.refs, val_fraction, seed)
+    if train_per_class is not None:
+        splits[TRAIN] = select_per_class(splits[TRAIN], train_per_class, train_subset_seed)
+    for split, members in splits.items():
         ordered = sorted(members, key=lambda r: _order(seed, split, r.key))
         for number, start in enumerate(range(0, len(ordered), samples_per_shard)):
             refs = tuple(ordered[start : start + samples_per_shard])

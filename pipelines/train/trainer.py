@@ -25,6 +25,7 @@ from pipelines.distributed import DistContext
 from pipelines.evaluation.evaluate import EvalResult, evaluate
 from pipelines.evaluation.probe import fewshot_on_shards
 from pipelines.layout import SAMPLE_KEYS_DIR, STOP_REQUEST, sample_keys_name, sample_keys_rank
+from pipelines.numerics import numerics_info
 from pipelines.seeds import mix_seed
 from pipelines.train.checkpoint import Checkpointer, Progress
 from pipelines.train.distill import DistillationLoss, Teacher, check_student, load_teacher
@@ -358,6 +359,7 @@ class Trainer:
             "val_loss": evaluated.loss if evaluated else None,
             **overall,
             "fast_path": self.fast.describe(),
+            "numerics": numerics_info(),
             "peak_memory_bytes": peak_memory_bytes(self.engine.device),
             "checkpoint": saved,
             "resumed_from": resumed.uri if resumed else None,

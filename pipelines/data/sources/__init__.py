@@ -51,6 +51,17 @@ def build_source(section: SourceSection) -> Source:
             section.seed,
             section.random_orientation,
         )
+    if section.kind == "glyphs":
+        from pipelines.data.sources.glyphs import GlyphSource
+
+        return GlyphSource(
+            section.num_classes,
+            section.images_per_class,
+            section.image_size,
+            section.seed,
+            section.characters,
+            section.low_res,
+        )
     raise AssertionError(f"unknown source kind {section.kind!r}")
 
 
