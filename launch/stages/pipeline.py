@@ -136,7 +136,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'downstream val top-1':<{width}}  accuracy", "-" * (width + 10)]
     lines += [f"{name:<{width}}  {pct(value)}" for name, value in rows]
     if summary.get("transfer"):
-        lines += ["", "label efficiency (downstream val top-1, mean +- half the seed spread over seeds):"]
+        lines += [
+            "",
+            "label efficiency (downstream val top-1, mean +- half the seed spread over seeds):",
+        ]
         lines.append(transfer_table(group(summary["transfer"])))
     lines.append(
         f"elapsed {summary.get('elapsed_s')} s; registered model: {summary.get('registered_model_uri')}"

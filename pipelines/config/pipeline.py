@@ -25,9 +25,10 @@ from pydantic import Field, ValidationError
 from pipelines.config.base import Section
 from pipelines.config.job import JobConfig
 from pipelines.config.loader import _describe, apply_overrides, config_from_dict, read_yaml
-from pipelines.config.paths import with_absolute_paths
+from pipelines.config.paths import absolute, with_absolute_paths
 from pipelines.config.transfer import TransferRun, TransferSection, deep_merge, transfer_runs
 from pipelines.errors import ConfigError
+from pipelines.storage import Location, locate
 
 STAGES = ("pretrain", "finetune")
 
@@ -119,3 +120,18 @@ def pipeline_transfer_runs(pipeline: PipelineConfig, root: Path) -> list[Transfe
         dataclasses.replace(run, config=with_absolute_paths(run.config, run.config.run_dir))
         for run in runs
     ]
+
+
+def resolve_stages(
+    pipeline: PipelineConfig, stages: dict[str, JobConfig], run_dir: str | None = None
+) -> tuple[Location, dict[str, JobConfig]]:
+    """The pipeline's run dir (absolute, or a storage URI) and its stage configs with absolute
+    paths, each stage in `<run dir>/<stage>`, all logging to the pretraining stage's MLflow
+    experiment (nested runs only nest within one experiment)."""
+    root = locate(absolute(str(run_dir or pipeline.resolved_run_dir)))
+    resolved = {name: with_absolute_paths(cfg, root.join(name).uri) for name, cfg in stages.items()}
+    experiment = resolved["pretrain"].tracking.experiment
+    for name, cfg in resolved.items():
+        tracking = cfg.tracking.model_copy(update={"experiment": experiment})
+        resolved[name] = cfg.model_copy(update={"tracking": tracking})
+    return root, resolved
