@@ -26,6 +26,14 @@ def pipeline_file(tmp_path, fractal_shards, digits_shards):
         train={"total_steps": 3},
         checkpoint={"every_n_steps": None},
     )
+    # The curve's k-shot sets are written from this source; the main fine-tune reads the
+    # prebuilt digits shards.
+    finetune["shard"] = {
+        "source": {"kind": "digits", "image_size": 32},
+        "samples_per_shard": 500,
+        "image_format": "png",
+        "val_fraction": 0.2,
+    }
     for stage in (pretrain, finetune):
         for section in ("name", "tracking", "cluster"):
             stage.pop(section)
@@ -38,6 +46,13 @@ def pipeline_file(tmp_path, fractal_shards, digits_shards):
         "pretrain": pretrain,
         "finetune": finetune,
         "eval": {"fewshot_shots": [2]},
+        "transfer": {
+            "seeds": [0],
+            "points": [
+                {"shots": 2, "finetune": {"data": {"num_workers": 0}}},
+                {"shots": "all"},
+            ],
+        },
     }
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -69,6 +84,21 @@ def test_run_the_whole_pipeline(fractal_shards, digits_shards, tmp_path, ray_loc
     )
     stages = sorted(run.data.tags["vitpipe.stage"] for run in children)
     assert stages == ["eval", "eval", "finetune", "finetune", "pretrain"]
+
+    # The label-efficiency curve: k=2 fine-tuned from both inits here; the all-labels points
+    # are the main fine-tunes above.
+    points = {(p["k"], p["init"]): p["val_top1"] for p in summary["transfer"]}
+    assert set(points) == {
+        (2, "pretrained"),
+        (2, "scratch"),
+        ("all", "pretrained"),
+        ("all", "scratch"),
+    }
+    assert points[("all", "scratch")] == summary["scratch_val_top1"]
+    assert set(summary["transfer_means"]) == {"pretrained", "scratch"}
+    assert (run_dir / "transfer.png").stat().st_size > 0
+    assert "transfer.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "label efficiency" in out
     tuned = next(
         r
         for r in children

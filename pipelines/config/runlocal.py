@@ -70,7 +70,13 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
     if sections["deepspeed"].get("precision") == "fp16":
         sections["deepspeed"]["precision"] = "bf16"  # fp16 needs a GPU; bf16 runs on CPU
     out.update(sections)
-    out["shard"] = copy.deepcopy(LOCAL_SHARDS)
+    # The data is replaced; where it goes and a k-shot selection (the demo's curve) stay.
+    kept = {
+        k: v
+        for k, v in (out.get("shard") or {}).items()
+        if k in ("output", "train_per_class", "train_subset_seed")
+    }
+    out["shard"] = {**copy.deepcopy(LOCAL_SHARDS), **kept}
     if isinstance(out.get("finetune"), dict):
         out["finetune"] = {**out["finetune"], "img_size": None}
     return out
