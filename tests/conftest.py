@@ -4,10 +4,11 @@ where CUDA is absent."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
+
+from launch.ports import free_loopback_port
 
 # Ray binds 127.0.0.1 only; set before any test imports ray.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -15,17 +16,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # The session's object store (`s3_store`), seen the way a cloud node sees its own: endpoint and
 # credentials in the process environment. Set here, before any Ray starts, so that every Ray node
 # and worker the tests start inherits them (nothing ships them in a runtime_env), and so that no
 # test can ever reach a real AWS account. The server itself starts on first use.
-S3_PORT = _free_port()
+S3_PORT = free_loopback_port()
 os.environ.update(
     AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
     AWS_ACCESS_KEY_ID="vitpipe-test",

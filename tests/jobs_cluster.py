@@ -20,13 +20,14 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from launch.ports import free_loopback_port
 
 START_TIMEOUT_S = 180
 _CLUSTER_SCRIPT = r"""
@@ -77,7 +78,14 @@ def jobs_cluster(worker_nodes: int = 1) -> Iterator[str]:
     env.pop("RAY_ADDRESS", None)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _CLUSTER_SCRIPT, temp_dir, str(_free_port()), str(worker_nodes)],
+            [
+                sys.executable,
+                "-c",
+                _CLUSTER_SCRIPT,
+                temp_dir,
+                str(free_loopback_port()),
+                str(worker_nodes),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -91,12 +99,6 @@ def jobs_cluster(worker_nodes: int = 1) -> Iterator[str]:
         yield url
     finally:
         _tear_down(proc, temp_dir)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _read_line(proc: subprocess.Popen, log_path: Path, timeout_s: float) -> str:

@@ -7,18 +7,21 @@ fp32 master weights, and offloaded AdamW steps through DeepSpeed's CPUAdam."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 
 import vit_core
+from launch.ports import free_loopback_port
 from pipelines.config import config_from_dict
 from pipelines.distributed import DistContext
 from pipelines.export import consolidated_state_dict
-from pipelines.train import checkpoint as ckpt
+from pipelines.storage import locate
+from pipelines.train import checkpoint_files as files
+from pipelines.train import marker as markers
 from pipelines.train.engine import DeepSpeedEngine
+from pipelines.train.rank_state import rng_state, write_rank_state
 
 pytestmark = pytest.mark.slow
 MODEL = {"img_size": 32, "patch_size": 8, "dim": 64, "depth": 2, "num_heads": 2, "num_classes": 10}
@@ -29,9 +32,7 @@ def ctx() -> DistContext:
     """One process group for the life of the process, as `launch.workers.run_local` keeps it
     (DeepSpeed caches the group)."""
     if not dist.is_initialized():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_loopback_port()
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(port))
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
@@ -71,7 +72,7 @@ def test_zero1_bf16_accumulates_in_fp32_and_resumes_checkpoints_written_before(c
     old = _engine(ctx, 1, grad_accum_dtype="bf16")  # what every bf16 run wrote until now
     assert type(old._engine.optimizer).__name__ == "DeepSpeedZeroOptimizer"
     _steps(old, seed=1)
-    old.save(tmp_path, "old", {})
+    old.save(tmp_path, "old")
     expected = _steps(old, seed=2)  # the run as it would have continued
 
     new = _engine(ctx, 1)  # the default now: fp32 accumulation and reduction
@@ -86,7 +87,7 @@ def test_zero2_keeps_its_optimizer_and_layout_with_fp32_accumulation(ctx, tmp_pa
     stage = 2
     old = _engine(ctx, stage, grad_accum_dtype="bf16")
     _steps(old, seed=1)
-    old.save(tmp_path, "old", {})
+    old.save(tmp_path, "old")
     expected = _steps(old, seed=2)
     new = _engine(ctx, stage)
     assert type(new._engine.optimizer).__name__ == type(old._engine.optimizer).__name__
@@ -106,16 +107,11 @@ def test_zero0_bf16_export_takes_the_fp32_master_weights(ctx, tmp_path):
         for p, master in zip(low, fp32, strict=True)
     }
     meta = {"zero_stage": 0, "vit_config": engine.module.config.to_dict()}
-    folder = ckpt.save_checkpoint(
-        tmp_path,
-        3,
-        ctx,
-        write_engine=lambda root, tag: engine.save(root, tag, {}),
-        rank_state={"step": 3},
-        meta=meta,
-        keep_last=2,
-    )
-    exported = consolidated_state_dict(ckpt.open_checkpoint(folder))
+    folder = tmp_path / "step_0000003"
+    names = engine.save(tmp_path, folder.name)
+    names += [p.name for p in write_rank_state(folder, 0, {}, rng_state())]
+    files.commit(locate(str(folder)), 3, [markers.report(folder, names)], meta)
+    exported = consolidated_state_dict(files.open_checkpoint(folder))
     assert set(masters) == set(exported)
     for name, master in masters.items():
         assert exported[name].dtype == torch.float32

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from jobs_cluster import jobs_cluster
 
 from launch.cli import main
+from launch.ports import free_loopback_port
 
 from train_fixtures import summary, tiny_job, write_yaml
 
@@ -189,7 +189,7 @@ def test_a_client_without_the_token_is_refused_in_one_line(jobs_url, tmp_path):
 
 def test_unreachable_address_is_one_line(tmp_path, capsys):
     config = write_yaml(tiny_job(tmp_path / "shards", tmp_path), tmp_path / "tiny.yaml")
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_loopback_port()}"
     assert main(["submit", "-c", str(config), "--address", address]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot reach the Ray Jobs API at {address}")
@@ -204,12 +204,6 @@ def test_public_http_address_warns():
     assert exposure_warning("https://203.0.113.7:8265") is None
     warning = exposure_warning("http://8.8.8.8:8265")
     assert warning and "CVE-2023-48022" in warning and "\n" not in warning
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_nodes_checkpoint_and_resume_through_the_object_store(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from launch.ports import free_loopback_port
 from launch.stages.training import run_training_job
 from pipelines.errors import TrackingError
 
@@ -23,15 +23,9 @@ from train_fixtures import as_config, tiny_job, train_losses
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [
@@ -135,7 +129,7 @@ def test_metrics_reach_a_live_server(fractal_shards, tmp_path, mlflow_server, ra
 
 
 def test_unreachable_server_at_start_is_a_clear_error_unless_optional(fractal_shards, tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_loopback_port()}"
     raw = tiny_job(fractal_shards, tmp_path, tracking={"uri": url})
     with pytest.raises(TrackingError, match="unreachable.*tracking.required=false"):
         run_training_job(as_config(raw), run_dir=tmp_path / "run", progress=False)

@@ -6,10 +6,11 @@ so nothing here imports them)."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
+
+from launch.ports import free_loopback_port
 
 pytestmark = pytest.mark.gpu
 MODEL = {"img_size": 64, "patch_size": 8, "dim": 192, "depth": 4, "num_heads": 3, "num_classes": 10}
@@ -22,9 +23,7 @@ def ctx():
     from pipelines.distributed import DistContext
 
     if not dist.is_initialized():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ.setdefault("MASTER_PORT", str(sock.getsockname()[1]))
+        os.environ.setdefault("MASTER_PORT", str(free_loopback_port()))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         torch.cuda.set_device(0)
@@ -80,7 +79,7 @@ def test_checkpoint_save_and_resume_is_bit_exact(ctx, tmp_path, stage):
     them, accumulate with atomics and are not bitwise reproducible run to run on a GPU)."""
     engine = _engine(ctx, stage)
     _steps(engine, seed=1, n=2)
-    engine.save(tmp_path, "ckpt", {})
+    engine.save(tmp_path, "ckpt")
     saved = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
     expected = _steps(engine, seed=2, n=3)
     resumed = _engine(ctx, stage)
