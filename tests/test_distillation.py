@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
@@ -24,7 +22,7 @@ from pipelines.train.checkpoint_files import latest_checkpoint
 from vit_core import VisionTransformer, ViTConfig
 
 from timm_fixtures import timm_model
-from train_fixtures import as_config, tiny_job, train_losses, write_yaml
+from train_fixtures import as_config, kill_session, tiny_job, train_losses, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +86,7 @@ def test_a_killed_distillation_resumes_bit_exactly(reference, fractal_shards, tm
             assert job.poll() is None, "the job ended before its first checkpoint"
             time.sleep(0.2)
     finally:
-        _kill_session(job)
+        kill_session(job)
     result = run_training_job(as_config(raw), run_dir=run_dir, progress=False)
     assert result["status"] == "finished" and result["resumed_from"] is not None
     assert "mfu_with_teacher" in result and result["mfu_with_teacher"] > result["mfu"]
@@ -120,15 +118,3 @@ def test_the_distilled_export_loads_in_timm(reference, tmp_path):
     theirs = timm_model(config)
     assert type(theirs).__name__ == "VisionTransformerDistilled"
     theirs.load_state_dict(load_file(out / "model.safetensors"), strict=True)
-
-
-def _kill_session(job: subprocess.Popen) -> None:
-    session = os.getsid(job.pid)
-    os.killpg(job.pid, signal.SIGKILL)
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == session:
-                proc.kill()
-        except (ProcessLookupError, psutil.Error):
-            continue
-    job.wait(timeout=30)

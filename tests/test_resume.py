@@ -22,7 +22,7 @@ from pipelines.errors import CheckpointError
 from pipelines.export import consolidated_state_dict, export_checkpoint, load_exported
 from pipelines.train.checkpoint_files import latest_checkpoint, open_checkpoint
 
-from train_fixtures import as_config, summary, tiny_job, train_losses, write_yaml
+from train_fixtures import as_config, kill_session, summary, tiny_job, train_losses, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def test_sigkill_of_the_whole_job_then_resume_auto_is_bit_exact(
     try:
         wait_for(run_dir / "checkpoints" / "step_0000005" / "COMMITTED.json")
     finally:
-        _kill_session(job)
+        kill_session(job)
     assert job.wait(timeout=30) == -signal.SIGKILL
 
     result = run_training_job(as_config(raw), run_dir=run_dir, resume="auto", progress=False)
@@ -129,7 +129,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(fractal_shards, tmp_path):
         assert job.wait(timeout=300) == 0, job.stderr.read().decode()[-2000:]
     finally:
         if job.poll() is None:
-            _kill_session(job)
+            kill_session(job)
     stopped = summary(run_dir)
     assert stopped["status"] == "stopped" and 2 <= stopped["steps"] < 400
     assert Path(stopped["checkpoint"]).name == f"step_{stopped['steps']:07d}"
@@ -249,15 +249,3 @@ def test_export_gives_consolidated_fp32_weights_vit_core_loads(reference_run, tm
         export_checkpoint(reference_run / "checkpoints", out)
     assert json.loads((out / "config.json").read_text())["preprocess"]["img_size"] == 32
     assert summary(reference_run)["checkpoint"].endswith(f"step_{TOTAL:07d}")
-
-
-def _kill_session(job: subprocess.Popen) -> None:
-    """SIGKILL every process of the job's session (the CLI, its local Ray, its workers)."""
-    session = os.getsid(job.pid)
-    os.killpg(job.pid, signal.SIGKILL)
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == session:
-                proc.kill()
-        except (ProcessLookupError, psutil.Error):
-            continue

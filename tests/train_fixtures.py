@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from pipelines.config import JobConfig, config_from_dict
@@ -64,3 +68,15 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 def summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def kill_session(job: subprocess.Popen) -> None:
+    """SIGKILL every process of the job's session (the CLI, its local Ray, its workers)."""
+    session = os.getsid(job.pid)
+    os.killpg(job.pid, signal.SIGKILL)
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == session:
+                proc.kill()
+        except (ProcessLookupError, psutil.Error):
+            continue

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BackboneConfig
+from .layers import check_image_size
 
 GN_EPS = 1e-5  # GroupNorm eps (timm's GroupNormAct default)
 WS_EPS = 1e-8  # weight-standardisation eps of timm's hybrid ResNets
@@ -211,12 +212,7 @@ class HybridEmbed(nn.Module):
         return self.img_size // (self.stride * self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] != self.img_size or x.shape[-1] != self.img_size:
-            raise ValueError(
-                f"input image size {tuple(x.shape[-2:])} does not match the model's "
-                f"img_size={self.img_size}; resize the input or call "
-                f"model.resize_pos_embed({x.shape[-1]})"
-            )
+        check_image_size(x, self.img_size)
         return self.proj(self.backbone(x)).flatten(2).transpose(1, 2)
 
 

@@ -30,6 +30,15 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+def check_image_size(x: torch.Tensor, img_size: int) -> None:
+    """A square input of the model's size; anything else is a clear error, not a shape error."""
+    if x.shape[-2] != img_size or x.shape[-1] != img_size:
+        raise ValueError(
+            f"input image size {tuple(x.shape[-2:])} does not match the model's "
+            f"img_size={img_size}; resize the input or call model.resize_pos_embed({x.shape[-1]})"
+        )
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping P x P patches -> D-dim tokens with one conv (kernel = stride = P)."""
 
@@ -45,12 +54,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, C, H, W) -> (B, D, H/P, W/P) -> (B, N, D)
-        if x.shape[-2] != self.img_size or x.shape[-1] != self.img_size:
-            raise ValueError(
-                f"input image size {tuple(x.shape[-2:])} does not match the model's "
-                f"img_size={self.img_size}; resize the input or call "
-                f"model.resize_pos_embed({x.shape[-1]})"
-            )
+        check_image_size(x, self.img_size)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 

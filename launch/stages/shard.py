@@ -22,7 +22,7 @@ from launch.stages.lifecycle import stage_run
 from launch.stages.shard_index import format_index_summary, index_shards
 from pipelines.config import JobConfig, ShardSection
 from pipelines.data import shard_set
-from pipelines.data.manifest import MANIFEST_NAME
+from pipelines.data.manifest import MANIFEST_NAME, split_counts
 from pipelines.data.rejects import count_reasons
 from pipelines.data.shard_writer import ShardJob, ShardResult, write_shard
 from pipelines.data.write_plan import ShardTask
@@ -81,10 +81,7 @@ def _write_shards(config: JobConfig, section: ShardSection, progress: bool) -> d
         "num_rejected": len(rejected),
         "rejected_by_reason": count_reasons(rejected),
         "num_classes": len(plan.classes),
-        "splits": {
-            name: {"num_samples": info.num_samples, "num_shards": len(info.shards)}
-            for name, info in splits.items()
-        },
+        "splits": split_counts(manifest),
         "images_per_sec": round(inputs_done / write_elapsed, 2) if written else 0.0,
         "write_elapsed_s": round(write_elapsed, 3),
         "task_cpu_s": round(sum(r.cpu_s for r in written), 3),

@@ -15,7 +15,7 @@ from launch.ray_cluster import ray_session
 from launch.ray_tasks import run_bounded, task_progress
 from pipelines.config import JobConfig
 from pipelines.data import wds_index
-from pipelines.data.manifest import MANIFEST_NAME
+from pipelines.data.manifest import MANIFEST_NAME, split_counts
 from pipelines.data.rejects import count_reasons
 
 SUMMARY_NAME = "summary.json"
@@ -48,10 +48,7 @@ def index_shards(config: JobConfig, progress: bool = True) -> dict[str, Any]:
         "num_rejected": sum(1 for r in rejected if r.key),
         "rejected_by_reason": count_reasons(rejected),
         "num_classes": manifest.num_classes,
-        "splits": {
-            name: {"num_samples": info.num_samples, "num_shards": len(info.shards)}
-            for name, info in splits.items()
-        },
+        "splits": split_counts(manifest),
         "bytes_read": read_bytes,
         "mb_per_sec": round(read_bytes / 2**20 / index_elapsed, 2) if read else 0.0,
         "index_elapsed_s": round(index_elapsed, 3),

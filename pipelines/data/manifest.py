@@ -264,3 +264,11 @@ def check_shard_name(name: str, where: str = MANIFEST_NAME) -> None:
             f"{where}: shard name {name!r} is not allowed; names must be plain file names "
             "like 'train-000000.tar' inside the dataset directory (no 'pipe:', '/', '..' or scheme)"
         )
+
+
+def split_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """{split: {num_samples, num_shards}}: what a shard stage's summary reports per split."""
+    return {
+        name: {"num_samples": info.num_samples, "num_shards": len(info.shards)}
+        for name, info in manifest.splits.items()
+    }

@@ -12,42 +12,29 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
-from typing import Any
 
 from pipelines.data.sources.base import (
     Item,
     Rejected,
     SampleRef,
-    Source,
     SourceIndex,
     label_names,
     make_key,
     unique_keys,
 )
-from pipelines.data.sources.files import read_item
+from pipelines.data.sources.files import TableSource, read_item
 from pipelines.errors import DataError
 from pipelines.storage import locate
 
 
-class CsvSource(Source):
+class CsvSource(TableSource):
     kind = "csv"
+    described_columns = ("path_column", "label_column")
 
     def __init__(
         self, path: str, path_column: str, label_column: str, max_file_bytes: int = 512 * 2**20
     ):
-        self.path = path
-        self.max_file_bytes = max_file_bytes
-        self.uri = locate(path).uri
-        self.path_column = path_column
-        self.label_column = label_column
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "path": self.path,
-            "path_column": self.path_column,
-            "label_column": self.label_column,
-        }
+        super().__init__(path, max_file_bytes, path_column=path_column, label_column=label_column)
 
     def _rows(self) -> list[tuple[str, str]]:
         loc = locate(self.uri)

@@ -4,8 +4,29 @@ a FIFO, never reads a device)."""
 
 from __future__ import annotations
 
-from pipelines.data.sources.base import Item, Rejected, SampleRef
-from pipelines.storage import Location, RefusedFile
+from typing import Any
+
+from pipelines.data.sources.base import Item, Rejected, SampleRef, Source
+from pipelines.storage import Location, RefusedFile, locate
+
+
+class TableSource(Source):
+    """A source that is a table of rows in a file or folder the user points at (CSV, Parquet):
+    where it is, the cap on each input file, and which columns say what. `described_columns`
+    are the ones that change what is sharded (they go into the shard plan's description)."""
+
+    described_columns: tuple[str, ...] = ()
+
+    def __init__(self, path: str, max_file_bytes: int, **columns: str):
+        self.path = path
+        self.uri = locate(path).uri
+        self.max_file_bytes = max_file_bytes
+        for name, column in columns.items():
+            setattr(self, name, column)
+
+    def describe(self) -> dict[str, Any]:
+        described = {name: getattr(self, name) for name in self.described_columns}
+        return {"kind": self.kind, "path": self.path, **described}
 
 
 def read_item(

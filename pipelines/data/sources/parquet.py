@@ -25,13 +25,12 @@ from pipelines.data.sources.base import (
     Item,
     Rejected,
     SampleRef,
-    Source,
     SourceIndex,
     label_names,
     make_key,
     unique_keys,
 )
-from pipelines.data.sources.files import read_item
+from pipelines.data.sources.files import TableSource, read_item
 from pipelines.errors import DataError
 from pipelines.storage import Location, locate
 
@@ -40,8 +39,10 @@ _READ_BATCH_ROWS = 256
 _Row = tuple[str, Location, int, int, int, Any]
 
 
-class ParquetSource(Source):
+class ParquetSource(TableSource):
     kind = "parquet"
+
+    described_columns = ("image_column", "label_column")
 
     def __init__(
         self,
@@ -51,20 +52,13 @@ class ParquetSource(Source):
         path_column: str,
         max_file_bytes: int = 512 * 2**20,
     ):
-        self.path = path
-        self.max_file_bytes = max_file_bytes
-        self.uri = locate(path).uri
-        self.image_column = image_column
-        self.label_column = label_column
-        self.path_column = path_column
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "path": self.path,
-            "image_column": self.image_column,
-            "label_column": self.label_column,
-        }
+        super().__init__(
+            path,
+            max_file_bytes,
+            image_column=image_column,
+            label_column=label_column,
+            path_column=path_column,
+        )
 
     def _files(self) -> list[tuple[str, Location]]:
         """(name relative to `path`, location) of every Parquet file, sorted."""
