@@ -14,7 +14,7 @@ from pipelines.config import load_config
 pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-PRETRAIN = sorted([CONFIGS / "smoke_cpu.yaml", *(CONFIGS / "pretrain").glob("*.yaml")])
+PRETRAIN = sorted((CONFIGS / "pretrain").glob("*.yaml"))
 FINETUNE = sorted((CONFIGS / "finetune").glob("*.yaml"))
 
 
@@ -50,7 +50,7 @@ def pretrained_tiny(tmp_path_factory, ray_local) -> Path:
     return tmp / "smoke" / "checkpoints"
 
 
-@pytest.mark.parametrize("recipe", PRETRAIN[1:], ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", PRETRAIN, ids=lambda p: p.stem)
 def test_every_pretraining_recipe_runs_under_runlocal(recipe, tmp_path, ray_local):
     _run("pretrain", recipe, tmp_path / "run", tmp_path)
 

@@ -35,6 +35,7 @@ from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.run_params import run_params
 from pipelines.train.checkpoint import check_same_model, select_checkpoint
 from pipelines.train.checkpoint_files import Checkpoint, check_loadable, checkpoints_root
+from pipelines.train.distill import runlocal_teacher
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.model_init import architecture
 from pipelines.train.request import TrainRequest
@@ -79,6 +80,9 @@ def run_training_job(
     check_tracking(config)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
     files = request.files()
+    if config.runlocal and config.distill is not None:
+        config = runlocal_teacher(config, files.path("runlocal-teacher"))
+        request = dataclasses.replace(request, config=config)
     files.local.mkdir(parents=True, exist_ok=True)
     stop = StopRequest(files.at(STOP_REQUEST))
     stop.clear()

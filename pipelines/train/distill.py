@@ -24,7 +24,9 @@ from torch import nn
 
 import vit_core
 from pipelines.config import DistillSection, JobConfig
+from pipelines.data.manifest import read_manifest
 from pipelines.errors import CheckpointError, ConfigError
+from pipelines.export import export_info, load_exported, save_model
 from pipelines.train.losses import classification_loss
 from vit_core.convert.hf_dir import read_weight_file, weight_files
 
@@ -211,8 +213,6 @@ def load_teacher(
         classes, size = getattr(model, "num_classes", num_classes), None
     else:
         if identity.kind == "export":
-            from pipelines.export import load_exported
-
             model, _ = load_exported(path)
         else:
             try:
@@ -304,3 +304,28 @@ class DistillationLoss:
         else:
             kd = F.cross_entropy(dist_logits, teacher.argmax(dim=-1))
         return base * (1 - self.alpha) + kd * self.alpha
+
+
+def runlocal_teacher(config: JobConfig, out: Path) -> JobConfig:
+    """`runlocal` of a distillation recipe: its teacher (a large model in a file on a cluster)
+    becomes a tiny, randomly initialised ViT export in `out`, predicting the local shards'
+    classes at the student's image size, so the recipe's distillation still runs."""
+    if not config.runlocal or config.distill is None:
+        return config
+    if not (out / "model.safetensors").is_file():
+        classes = read_manifest(config.data.require_train_shards()).num_classes
+        student = config.model.vit_config(classes)
+        torch.manual_seed(config.train.seed)
+        teacher = vit_core.VisionTransformer(
+            vit_core.ViTConfig(
+                img_size=student.img_size,
+                patch_size=student.patch_size,
+                dim=32,
+                depth=1,
+                num_heads=2,
+                num_classes=classes,
+            )
+        )
+        save_model(teacher, out, info=export_info(teacher, stage="runlocal-teacher"))
+    distill = config.distill.model_copy(update={"teacher": str(out), "timm_model": None})
+    return config.model_copy(update={"distill": distill})
