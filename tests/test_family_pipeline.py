@@ -18,20 +18,11 @@ from pipelines.train.checkpoint_files import open_checkpoint
 from vit_core import BackboneConfig, describe_model
 
 from timm_fixtures import timm_model
+from train_fixtures import TINY_HYBRID as HYBRID
 from train_fixtures import as_config, tiny_job
 
 pytestmark = pytest.mark.slow
 
-HYBRID = {
-    "name": "vit_small_r26_s32",
-    "img_size": 32,
-    "patch_size": 1,
-    "dim": 64,
-    "depth": 2,
-    "num_heads": 2,
-    "head": "mlp",
-    "backbone": {"layers": [1, 1], "widths": [32, 64], "stem_width": 16, "num_groups": 8},
-}
 DISTILLED = {
     "name": "deit_tiny_distilled_patch16",
     "img_size": 32,

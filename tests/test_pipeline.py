@@ -9,18 +9,24 @@ import yaml
 
 from launch.cli import main as cli_main
 
-from train_fixtures import tiny_job
+from train_fixtures import TINY_HYBRID, tiny_job
 
 pytestmark = pytest.mark.slow
 
 
 def pipeline_file(tmp_path, fractal_shards, digits_shards):
+    # The model is the tiny hybrid: `vitpipe run` takes every family the way it takes a ViT.
     pretrain = tiny_job(
-        fractal_shards, tmp_path, train={"total_steps": 3}, checkpoint={"every_n_steps": None}
+        fractal_shards,
+        tmp_path,
+        model=TINY_HYBRID,
+        train={"total_steps": 3},
+        checkpoint={"every_n_steps": None},
     )
     finetune = tiny_job(
         digits_shards,
         tmp_path,
+        model=TINY_HYBRID,
         finetune={"mode": "full"},
         augment={"hflip": 0.0},
         train={"total_steps": 3},

@@ -14,6 +14,18 @@ import yaml
 
 from pipelines.config import JobConfig, config_from_dict
 
+# A 32 px hybrid: a 2-stage ResNet-V2 backbone (16 tokens) under a 2-block ViT.
+TINY_HYBRID: dict[str, Any] = {
+    "name": "vit_small_r26_s32",
+    "img_size": 32,
+    "patch_size": 1,
+    "dim": 64,
+    "depth": 2,
+    "num_heads": 2,
+    "head": "mlp",
+    "backbone": {"layers": [1, 1], "widths": [32, 64], "stem_width": 16, "num_groups": 8},
+}
+
 
 def tiny_job(shards: Path, tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     raw: dict[str, Any] = {
