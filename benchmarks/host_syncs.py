@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 import vit_core
+from launch.ports import free_loopback_port
 from pipelines.config import config_from_dict
 from pipelines.distributed import DistContext
 
@@ -154,7 +155,7 @@ def count_stage(stage: int, args: argparse.Namespace, device: torch.device) -> d
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = torch.device(args.device)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(common.free_port()))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_loopback_port()))
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
     os.environ.setdefault("DS_ACCELERATOR", args.device)
     if device.type == "cuda":

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 import vit_core
+from launch.loopback import file_init_method
 from launch.ports import free_loopback_port
 from pipelines.config import config_from_dict
 from pipelines.distributed import DistContext
@@ -32,11 +33,11 @@ def ctx() -> DistContext:
     """One process group for the life of the process, as `launch.workers.run_local` keeps it
     (DeepSpeed caches the group)."""
     if not dist.is_initialized():
-        port = free_loopback_port()
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(port))
+        os.environ.setdefault("MASTER_PORT", str(free_loopback_port()))
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        # A FileStore, as run_local uses: no listening socket left in this process.
+        dist.init_process_group("gloo", init_method=file_init_method(), rank=0, world_size=1)
     return DistContext()
 
 

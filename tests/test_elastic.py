@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from train_fixtures import tiny_job
+from train_fixtures import keys_by_epoch, tiny_job
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
@@ -86,10 +86,7 @@ def test_losing_a_node_continues_on_the_rest(fractal_shards, tmp_path):
     assert summary["status"] == "finished" and summary["steps"] == 8
     assert summary["world_size"] == 1 and summary["resumed_from"] is not None
 
-    keys: list[str] = []
-    for path in sorted((run_dir / "sample_keys").glob("rank*.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines() if line]
-        keys += [k for r in records if r["epoch"] == 0 for k in r["keys"]]
+    keys = keys_by_epoch(run_dir).get(0, [])
     assert keys and len(keys) == len(set(keys)), "a sample of the interrupted epoch was repeated"
 
     from mlflow.tracking import MlflowClient

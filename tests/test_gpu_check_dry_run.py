@@ -5,12 +5,13 @@ so the script that will run on a lent GPU has run end to end before it gets ther
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from train_fixtures import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    env = {**child_env(), "OUT": str(out), "PYTHON": sys.executable}
     proc = subprocess.run(
         ["bash", "benchmarks/gpu/check.sh", "--dry-run"],
         cwd=ROOT,

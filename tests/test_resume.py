@@ -22,7 +22,15 @@ from pipelines.errors import CheckpointError
 from pipelines.export import consolidated_state_dict, export_checkpoint, load_exported
 from pipelines.train.checkpoint_files import latest_checkpoint, open_checkpoint
 
-from train_fixtures import as_config, kill_session, summary, tiny_job, train_losses, write_yaml
+from train_fixtures import (
+    as_config,
+    keys_by_epoch,
+    kill_session,
+    summary,
+    tiny_job,
+    train_losses,
+    write_yaml,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -206,17 +214,37 @@ def test_resume_on_a_different_number_of_workers(fractal_shards, tmp_path, befor
     assert Path(second["resumed_from"]).name == "step_0000004"
     assert (run_dir / "checkpoints" / "universal" / "step_0000004").is_dir()
 
-    keys_by_epoch: dict[int, list[str]] = {}
-    for path in sorted((run_dir / "sample_keys").glob("rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            keys_by_epoch.setdefault(record["epoch"], []).extend(record["keys"])
-    epoch0 = keys_by_epoch[0]
+    epoch0 = keys_by_epoch(run_dir)[0]
     assert len(epoch0) == len(set(epoch0)), "a sample of the interrupted epoch was repeated"
     assert len(epoch0) >= 10 * 32 - 2 * 32  # at most the remainder dropped
     losses = train_losses(run_dir)
     assert sorted(losses) == list(range(1, 11))
     assert abs(losses[5] - losses[4]) < 0.5  # continues smoothly, no restart from scratch
+
+
+def test_resume_at_the_end_of_an_epoch_reads_the_next_one_once(fractal_shards, tmp_path):
+    """Stopped exactly where epoch 0 ends (11 steps of 32 of 360 images), the run continues
+    with epoch 1 and counts it as epoch 1, then reads epoch 2: the same keys per epoch as a run
+    that was never stopped."""
+    raw = tiny_job(
+        fractal_shards,
+        tmp_path,
+        train={"record_sample_keys": True, "total_steps": 24},
+        checkpoint={"every_n_steps": 11, "keep_last": 2},
+        cluster={"num_workers": 1},
+        tracking={"enabled": False},
+    )
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    run_training_job(as_config(raw), run_dir=reference, launcher="local", progress=False)
+    first = run_training_job(
+        as_config(raw), run_dir=stopped, launcher="local", progress=False, stop_at_step=11
+    )
+    assert first["status"] == "stopped" and first["steps"] == 11
+    run_training_job(as_config(raw), run_dir=stopped, launcher="local", progress=False)
+    expected, got = keys_by_epoch(reference), keys_by_epoch(stopped)
+    assert sorted(got) == [0, 1, 2]
+    assert got == expected
+    assert train_losses(stopped) == train_losses(reference)
 
 
 def test_changed_model_section_is_an_error_showing_the_difference(

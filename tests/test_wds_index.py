@@ -6,7 +6,6 @@ after a worker is killed, reading each sample once per epoch."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from pipelines.storage import locate
 from pipelines.train.checkpoint_files import latest_checkpoint, open_checkpoint
 
 from shard_fixtures import make_loader
-from train_fixtures import as_config, tiny_job, train_losses, write_yaml
+from train_fixtures import as_config, child_env, keys_by_epoch, tiny_job, train_losses, write_yaml
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 EXTENSIONS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "JPG": "JPEG"}
@@ -199,15 +198,6 @@ def _job(tmp: Path, tmp_path: Path) -> dict:
     )
 
 
-def _keys_by_epoch(run_dir: Path) -> dict[int, list[str]]:
-    keys: dict[int, list[str]] = {}
-    for path in sorted((run_dir / "sample_keys").glob("rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            keys.setdefault(record["epoch"], []).extend(record["keys"])
-    return keys
-
-
 def test_pretraining_on_indexed_shards_is_killed_and_resumes_bit_exactly(foreign, tmp_path):
     tmp, _, _ = foreign
     raw = _job(tmp, tmp_path)
@@ -217,19 +207,9 @@ def test_pretraining_on_indexed_shards_is_killed_and_resumes_bit_exactly(foreign
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "launch.cli", "pretrain", "-c"]
     command += [str(write_yaml(raw, tmp_path / "job.yaml")), "--run-dir", str(killed)]
-    # The in-process runs set torchrun's variables in this process; the child picks its own.
-    torchrun = (
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-    )
-    env = {k: v for k, v in os.environ.items() if k not in torchrun}
     job = subprocess.Popen(
         [*command, "--launcher", "local", "--no-progress"],
-        env=env,
+        env=child_env(),  # the in-process runs set torchrun's variables here
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -257,11 +237,11 @@ def test_pretraining_on_indexed_shards_is_killed_and_resumes_bit_exactly(foreign
     train_samples = read_manifest(str(tmp / "index")).splits["train"].num_samples
     unusable = {r.key for r in read_rejects(locate(str(tmp / "index"))) if r.key}
     for run_dir in (reference, killed):
-        epochs = _keys_by_epoch(run_dir)
+        epochs = keys_by_epoch(run_dir)
         per_epoch = train_samples // 16  # steps
         assert sorted(epochs) == list(range(-(-TOTAL // per_epoch))) != [0]
         for keys in epochs.values():
             assert len(keys) == len(set(keys)), "a sample was read twice in one epoch"
             assert not unusable & set(keys)
         assert len(epochs[0]) == per_epoch * 16
-    assert _keys_by_epoch(reference) == _keys_by_epoch(killed)
+    assert keys_by_epoch(reference) == keys_by_epoch(killed)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from train_fixtures import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("ddp", "zero0", "zero1", "zero2", "zero3")
 TINY = ["--nprocs", "2", "--steps", "2", "--rounds", "1", "--warmup", "1", "--img-size", "32"]
@@ -30,6 +32,7 @@ def test_zero_vs_ddp_cpu_smoke_prints_a_ratio_per_variant(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
         start_new_session=True,
     )
     try:

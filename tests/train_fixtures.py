@@ -78,6 +78,32 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
 
+def keys_by_epoch(run_dir: Path) -> dict[int, list[str]]:
+    """Every sample key the run's ranks read (`train.record_sample_keys`), by epoch."""
+    keys: dict[int, list[str]] = {}
+    for path in sorted((run_dir / "sample_keys").glob("rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                keys.setdefault(record["epoch"], []).extend(record["keys"])
+    return keys
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment without torchrun's variables: an in-process job (or engine
+    fixture) sets them here, and a child that inherits them would join a store on a port this
+    process still holds."""
+    torchrun = (
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+    )
+    return {k: v for k, v in os.environ.items() if k not in torchrun}
+
+
 def summary(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "summary.json").read_text())
 

@@ -134,6 +134,9 @@ class Checkpointer:
         )
         loader_state, rng = read_rank_state(local.path, self._state_rank(found))
         loader.load_state_dict(loader_state)
+        # A checkpoint at the end of an epoch holds the loader at the start of the next one;
+        # the loader's epoch is where reading continues, so it is the one to count from.
+        self._progress.epoch = loader.epoch
         if self._state_rank(found) == self.ctx.rank:
             set_rng_state(rng)
         else:
