@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,13 +35,6 @@ _MLFLOW_STATUS = {
     "stopped": "KILLED",
     "failed": "FAILED",
     "killed": "KILLED",
-}
-# MLflow retries an unreachable server for minutes by default; a dead server must cost a stage
-# seconds, not minutes (metrics.jsonl keeps everything). A user's own settings win.
-TRACKING_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 
 
@@ -69,7 +61,7 @@ def stage_run(
     tags: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
 ) -> Iterator[StageRun]:
-    bound_tracking_retries()
+    mlflow_run.bound_tracking_retries()
     started = time.time()
     location = locate(str(run_dir))
     target = mlflow_run.open_run(
@@ -92,11 +84,6 @@ def stage_run(
         raise
     run.summary.setdefault("status", "finished")
     _close(run, started)
-
-
-def bound_tracking_retries() -> None:
-    for name, value in TRACKING_RETRY_ENV.items():
-        os.environ.setdefault(name, value)
 
 
 def _close(run: StageRun, started: float) -> None:

@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+from pipelines.tracking.mlflow_run import bound_tracking_retries
+
 log = logging.getLogger(__name__)
 _STOP = object()
 
@@ -21,6 +23,7 @@ class AsyncMetricLogger:
     def __init__(
         self, uri: str, run_id: str, *, max_queue: int = 10_000, flush_every_s: float = 1.0
     ):
+        bound_tracking_retries()  # a dead server must not hold the end of training for minutes
         self._uri = uri
         self._run_id = run_id
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)

@@ -58,8 +58,26 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+# MLflow retries an unreachable server for minutes by default; a dead server must cost a stage
+# seconds, not minutes (metrics.jsonl keeps everything). A user's own settings win. Every
+# process that talks to MLflow (the driver, rank 0's logger, each node's system-metrics monitor)
+# sets them for itself: a Ray worker, above all on a cluster, has not got the driver's env.
+TRACKING_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def bound_tracking_retries() -> None:
+    for name, value in TRACKING_RETRY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
+
+    bound_tracking_retries()
 
     return MlflowClient(tracking_uri=uri)
 

@@ -24,6 +24,7 @@ def node_label(node_id: str) -> str:
 def start_node_monitor(target: TrackingTarget, node_id: str) -> Any | None:
     """MLflow's system-metrics monitor for this node, logging into the run; None when it
     cannot start (tracking must never stop training)."""
+    mlflow_run.bound_tracking_retries()  # its last flush at finish() must not wait minutes
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
