@@ -86,7 +86,7 @@ def _pipeline_job(
     pipeline, stages = load_pipeline(config_path, overrides)
     root, stages = resolve_stages(pipeline, stages, run_dir)
     raw = pipeline.model_dump(mode="json", exclude={"shared"})
-    raw["run_dir"] = str(root)
+    raw["run_dir"] = root.uri
     for name, config in stages.items():
         cluster = config.cluster.model_copy(update={"address": "auto"})
         raw[name] = config.model_copy(update={"cluster": cluster}).to_dict()

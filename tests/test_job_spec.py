@@ -83,7 +83,8 @@ def test_run_ships_the_pipeline_resolved(tmp_path, monkeypatch):
     ]
     raw = yaml.safe_load(spec.config_text)
     assert raw["run_dir"] == str(tmp_path / "runs" / "demo")
-    assert raw["shared"]["cluster"]["address"] == "auto"
+    assert "shared" not in raw  # merged into each stage, which joins the cluster it runs on
+    assert raw["pretrain"]["cluster"]["address"] == raw["finetune"]["cluster"]["address"] == "auto"
     _, stages = pipeline_from_dict(raw)
     assert stages["pretrain"].cluster.address == "auto"
     assert stages["finetune"].train.total_steps == 40
