@@ -132,15 +132,3 @@ def test_pretrain_refuses_sqlite_tracking_with_a_remote_run_dir_before_launch(tm
         err[0].startswith("error: tracking.uri='sqlite:///") and "s3://bucket/runs/tiny" in err[0]
     )
     assert not (tmp_path / "mlflow.db").exists() and not Path("s3:").exists()
-
-
-def test_training_into_a_storage_uri_is_refused_until_it_is_wired_up(tmp_path, capsys):
-    raw = tiny_job(tmp_path / "no-shards-needed", tmp_path, tracking={"enabled": False})
-    config = write_yaml(raw, tmp_path / "job.yaml")
-    code = main(["pretrain", "-c", str(config), "--run-dir", "s3://bucket/runs/tiny"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == [
-        "error: --run-dir s3://bucket/runs/tiny: training into a storage URI is not wired up "
-        "yet; use a local or shared-filesystem path (shards may already be a URI)"
-    ]
-    assert not Path("s3:").exists()

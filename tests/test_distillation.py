@@ -34,6 +34,7 @@ STUDENT = {
     "dim": 64,
     "depth": 2,
     "num_heads": 2,
+    "head": "linear",  # tiny_job's section says mlp; a distilled model's two heads are linear
 }
 
 

@@ -72,6 +72,13 @@ def steps_done(run_dir: Path) -> int:
     return sum('"train/loss"' in line for line in path.read_text().splitlines())
 
 
+def command_line(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:120]
+    except psutil.Error:  # it exited (or is a zombie) since it was listed
+        return f"pid {proc.pid} (exited)"
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -129,7 +136,7 @@ def watched_job(tmp_path_factory):
         victim = train_workers(tree(root))[0]
         loaders = victim.children(recursive=True)
         started.update({p.pid: p for p in loaders})
-        seen["loaders"] = {p.pid: " ".join(p.cmdline())[:120] for p in loaders}
+        seen["loaders"] = {p.pid: command_line(p) for p in loaders if alive(p.pid)}
         victim.send_signal(signal.SIGKILL)
         time.sleep(10)
         seen["survivors"] = {pid: cmd for pid, cmd in seen["loaders"].items() if alive(pid)}
