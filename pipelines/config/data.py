@@ -180,6 +180,9 @@ class AugmentSection(Section):
     randaugment: bool = False
     randaugment_num_ops: int = Field(2, ge=1, le=64)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
+    random_erasing: float = Field(
+        0.0, ge=0, le=1, description="probability of erasing a random box with noise (DeiT: 0.25)"
+    )
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)
     mean: list[float] = Field([0.5, 0.5, 0.5], min_length=1, max_length=64)

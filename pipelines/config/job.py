@@ -58,11 +58,12 @@ class JobConfig(Section):
             )
         if self.data.decode_device == "cuda" and not self.cluster.use_gpu:
             problems.append("data.decode_device='cuda' needs cluster.use_gpu=true")
-        if self.data.decode_device == "cuda" and self.augment.randaugment:
-            problems.append(
-                "augment.randaugment runs in the CPU dataloader workers; it needs "
-                "data.decode_device='cpu'"
-            )
+        for key in ("randaugment", "random_erasing"):
+            if self.data.decode_device == "cuda" and getattr(self.augment, key):
+                problems.append(
+                    f"augment.{key} runs in the CPU dataloader workers; it needs "
+                    "data.decode_device='cpu'"
+                )
         if self.distill and not self.finetune and not self.model.vit_config(1).distilled:
             problems.append(
                 f"distill needs a student with a distillation token; model.name="
