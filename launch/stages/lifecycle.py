@@ -61,7 +61,6 @@ def stage_run(
     tags: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
 ) -> Iterator[StageRun]:
-    mlflow_run.bound_tracking_retries()
     started = time.time()
     location = locate(str(run_dir))
     target = mlflow_run.open_run(

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from pipelines.tracking.mlflow_run import bound_tracking_retries
+from pipelines.tracking import mlflow_run
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -23,7 +23,6 @@ class AsyncMetricLogger:
     def __init__(
         self, uri: str, run_id: str, *, max_queue: int = 10_000, flush_every_s: float = 1.0
     ):
-        bound_tracking_retries()  # a dead server must not hold the end of training for minutes
         self._uri = uri
         self._run_id = run_id
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
@@ -51,9 +50,10 @@ class AsyncMetricLogger:
 
     def _work(self) -> None:
         from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=self._uri)
+        client = mlflow_run.tracking_client(
+            self._uri
+        )  # retries bounded: a dead server costs seconds
         warned_at = 0.0
         stop = False
         while not stop:

@@ -74,11 +74,11 @@ def bound_tracking_retries() -> None:
         os.environ.setdefault(name, value)
 
 
-def _client(uri: str):
+def tracking_client(uri: str):
+    """An MlflowClient for `uri`, with this process's retries bounded first."""
     from mlflow.tracking import MlflowClient
 
     bound_tracking_retries()
-
     return MlflowClient(tracking_uri=uri)
 
 
@@ -96,7 +96,7 @@ def open_run(
     uri = absolute_uri(tracking.uri)
     try:
         check_reachable(uri)
-        client = _client(uri)
+        client = tracking_client(uri)
         all_tags = dict(tags or {})
         if run_id:
             run = _existing_run(client, run_id)
@@ -153,7 +153,7 @@ def log_params(target: TrackingTarget, params: dict[str, Any]) -> None:
     """Params once per run; a resumed run already has them, so existing keys are skipped."""
     from mlflow.entities import Param
 
-    client = _client(target.uri)
+    client = tracking_client(target.uri)
     existing = set(client.get_run(target.run_id).data.params)
     items = [
         Param(k, str(v)[:_PARAM_VALUE_LIMIT])
@@ -167,7 +167,7 @@ def log_params(target: TrackingTarget, params: dict[str, Any]) -> None:
 def log_artifacts(
     target: TrackingTarget, paths: Iterable[Path], artifact_path: str | None = None
 ) -> None:
-    client = _client(target.uri)
+    client = tracking_client(target.uri)
     for path in paths:
         if path.is_dir():
             client.log_artifacts(target.run_id, str(path), artifact_path)
@@ -176,7 +176,7 @@ def log_artifacts(
 
 
 def set_tags(target: TrackingTarget, tags: dict[str, str]) -> None:
-    client = _client(target.uri)
+    client = tracking_client(target.uri)
     for key, value in tags.items():
         client.set_tag(target.run_id, key, value)
 
@@ -187,7 +187,7 @@ def log_metrics(target: TrackingTarget, metrics: dict[str, float], step: int) ->
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client = _client(target.uri)
+    client = tracking_client(target.uri)
     client.log_batch(
         target.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
     )
@@ -196,6 +196,6 @@ def log_metrics(target: TrackingTarget, metrics: dict[str, float], step: int) ->
 def finish_run(target: TrackingTarget, status: str) -> None:
     """FINISHED, FAILED or KILLED. Best effort: an outage at the very end only warns."""
     try:
-        _client(target.uri).set_terminated(target.run_id, status=status)
+        tracking_client(target.uri).set_terminated(target.run_id, status=status)
     except Exception as err:
         log.warning("could not mark MLflow run %s %s: %s", target.run_id, status, err)
