@@ -14,7 +14,7 @@ import pytest
 
 from launch.ports import free_loopback_port
 
-from train_fixtures import summary, tiny_job, write_yaml
+from train_fixtures import child_env, summary, tiny_job, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ sys.exit(code)
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = child_env()  # torchrun and the local launcher pick their own rendezvous
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     return env
 
