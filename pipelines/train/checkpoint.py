@@ -129,14 +129,11 @@ class Checkpointer:
         where = universal_location(local) if self.load_universal else (local.root, local.tag)
         engine.load(*where)
         meta = found.meta
-        self._progress = Progress(
-            found.step, int(meta.get("epoch", 0)), int(meta.get("samples_seen", 0))
-        )
         loader_state, rng = read_rank_state(local.path, self._state_rank(found))
         loader.load_state_dict(loader_state)
-        # A checkpoint at the end of an epoch holds the loader at the start of the next one;
-        # the loader's epoch is where reading continues, so it is the one to count from.
-        self._progress.epoch = loader.epoch
+        # The epoch is the loader's, not the marker's: a checkpoint at the end of an epoch holds
+        # the loader at the start of the next one, which is where reading continues.
+        self._progress = Progress(found.step, loader.epoch, int(meta.get("samples_seen", 0)))
         if self._state_rank(found) == self.ctx.rank:
             set_rng_state(rng)
         else:
