@@ -22,20 +22,18 @@ from pipelines.train.checkpoint_files import latest_checkpoint
 from vit_core import VisionTransformer, ViTConfig
 
 from timm_fixtures import timm_model
-from train_fixtures import as_config, kill_session, tiny_job, train_losses, write_yaml
+from train_fixtures import (
+    TINY_DISTILLED,
+    as_config,
+    kill_session,
+    tiny_job,
+    train_losses,
+    write_yaml,
+)
 
 pytestmark = pytest.mark.slow
 
 TOTAL = 8
-STUDENT = {
-    "name": "deit_tiny_distilled_patch16",
-    "img_size": 32,
-    "patch_size": 4,
-    "dim": 64,
-    "depth": 2,
-    "num_heads": 2,
-    "head": "linear",  # tiny_job's section says mlp; a distilled model's two heads are linear
-}
 
 
 def teacher_export(out: Path, seed: int) -> Path:
@@ -51,7 +49,7 @@ def distill_job(shards: Path, tmp_path: Path, teacher: Path) -> dict:
     return tiny_job(
         shards,
         tmp_path,
-        model=STUDENT,
+        model=TINY_DISTILLED,
         augment={"mixup_alpha": 0.2},
         distill={"teacher": str(teacher), "kind": "soft", "alpha": 0.5, "tau": 2.0},
         train={"total_steps": TOTAL},

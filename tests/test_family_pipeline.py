@@ -18,20 +18,11 @@ from pipelines.train.checkpoint_files import open_checkpoint
 from vit_core import BackboneConfig, describe_model
 
 from timm_fixtures import timm_model
+from train_fixtures import TINY_DISTILLED as DISTILLED
 from train_fixtures import TINY_HYBRID as HYBRID
 from train_fixtures import as_config, tiny_job
 
 pytestmark = pytest.mark.slow
-
-DISTILLED = {
-    "name": "deit_tiny_distilled_patch16",
-    "img_size": 32,
-    "patch_size": 4,
-    "dim": 64,
-    "depth": 2,
-    "num_heads": 2,
-    "head": None,  # the pipeline's default: linear heads for a distilled model
-}
 
 
 def small_job(shards: Path, tmp_path: Path, **sections) -> dict:

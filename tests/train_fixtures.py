@@ -26,6 +26,18 @@ TINY_HYBRID: dict[str, Any] = {
     "backbone": {"layers": [1, 1], "widths": [32, 64], "stem_width": 16, "num_groups": 8},
 }
 
+# A 32 px DeiT student: class and distillation tokens, two linear heads (`head: None` takes the
+# pipeline's default for a distilled model; tiny_job's own model section says mlp).
+TINY_DISTILLED: dict[str, Any] = {
+    "name": "deit_tiny_distilled_patch16",
+    "img_size": 32,
+    "patch_size": 4,
+    "dim": 64,
+    "depth": 2,
+    "num_heads": 2,
+    "head": None,
+}
+
 
 def tiny_job(shards: Path, tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     raw: dict[str, Any] = {
