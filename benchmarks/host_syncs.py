@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 import vit_core
 from launch.ports import free_loopback_port
+from launch.workers import end_process_group
 from pipelines.config import config_from_dict
 from pipelines.distributed import DistContext
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         rows = [count_stage(stage, args, device) for stage in args.stages]
     finally:
-        dist.destroy_process_group()
+        end_process_group()
     print(f"{args.precision}, {args.accum} micro-batch(es) per step, {args.steps} steps counted")
     for row in rows:
         cuda = row["cuda_syncs_per_step"]

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 import vit_core
 from launch.ports import free_loopback_port
+from launch.workers import end_process_group
 from pipelines.config import JobConfig, config_from_dict
 from pipelines.distributed import DistContext
 from pipelines.errors import ConfigError
@@ -271,7 +272,7 @@ def run_rank(args: argparse.Namespace) -> None:
         report = common.run_header(device, deepspeed=deepspeed.__version__) if rank == 0 else {}
         result = bench(args, ctx, device)
     finally:
-        dist.destroy_process_group()
+        end_process_group()
     if rank != 0:
         return
     print(

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from launch.logs import configure_logging
+from launch.workers import end_process_group
 from pipelines.errors import VitpipeError
 
 # Listed here only once they work: `vitpipe --help` shows exactly these.
@@ -77,5 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def entry() -> int:
+    """The `vitpipe` command (and `python -m launch.cli`, which torchrun starts): `main`, then,
+    after a job that ended well, its process group is taken down before Python exits."""
+    code = main()
+    if code == 0:
+        end_process_group()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +41,20 @@ def world_size(launcher: str, config: JobConfig) -> int:
     if launcher == "ray":
         return config.cluster.num_workers
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def end_process_group(grace_s: float = 0.2) -> None:
+    """Destroy this process's group, then sleep a moment with the GIL released, before the
+    interpreter shuts down. gloo's worker threads drop the tensors of the last collective after
+    it completes; one that needs the GIL once finalization has begun aborts the whole process
+    ("terminate called without an active exception", pytorch/pytorch#190489), and torchrun
+    then reports a finished job as failed. Call it only when the process is about to exit, after
+    a job that ended well (a failed rank's peers may still be inside a collective): DeepSpeed
+    caches the group, so a later job in the same process could not use a new one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.destroy_process_group()
+    time.sleep(grace_s)
 
 
 def run_local(request: TrainRequest) -> dict[str, Any] | None:
