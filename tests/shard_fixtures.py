@@ -134,6 +134,7 @@ def make_loader(
     decode_on=None,
     verify_shards: str = "first_epoch",
     device=None,
+    repeated_aug: int = 1,
     **augment: object,
 ):
     """A ShardLoader with test-sized defaults, built as every call site builds one
@@ -151,6 +152,7 @@ def make_loader(
                 "max_skip_fraction": max_skip_fraction,
                 "prefetch_factor": 2,
                 "verify_shards": verify_shards,
+                "repeated_aug": repeated_aug,
             },
             "augment": augment,
             "train": {

@@ -134,3 +134,40 @@ def test_eval_plan_covers_every_sample_once_with_equal_batches(world, workers):
     assert max(sizes) - min(sizes) <= 1
     assert len({c.num_batches for c in consumers}) == 1
     assert all(c.num_slots >= c.num_real for c in consumers)
+
+
+@pytest.mark.parametrize("world,workers,batch,repeats", [(2, 2, 4, 3), (1, 0, 6, 2), (3, 1, 2, 4)])
+def test_repeated_aug_keeps_the_epoch_length_in_disjoint_repeat_groups(
+    world, workers, batch, repeats
+):
+    plain = plan_train_epoch(SHARDS, seed=1, epoch=2, topology=Topology(world, workers, batch, 6))
+    topo = Topology(world, workers, batch, 6, repeats=repeats)
+    plan = plan_train_epoch(SHARDS, seed=1, epoch=2, topology=topo)
+    assert plan.batches_per_rank == plain.batches_per_rank  # same steps per epoch
+    heads = []
+    for c, whole in zip(_all_consumers(plan), _all_consumers(plain), strict=True):
+        assert c.num_real == whole.num_real and c.repeats == repeats
+        assert set(c.positions.tolist()) <= set(whole.positions.tolist())  # its own range
+        assert len(c.positions) == -(-c.num_real // repeats)
+        # Copies are consecutive: slot j is copy j % repeats of sample order[j].
+        full = c.num_real // repeats * repeats
+        groups = c.order[:full].reshape(-1, repeats)
+        assert (groups == groups[:, :1]).all()
+        assert len(set(groups[:, 0].tolist())) == len(groups)
+        heads += c.positions.tolist()
+    assert len(heads) == len(set(heads))  # no sample in two groups
+    # Consumed positions count each group once, and a re-split never repeats one of them.
+    consumed = plan.consumed(2)
+    assert len(consumed) == len(set(consumed.tolist()))
+    after = plan_train_epoch(
+        SHARDS, seed=1, epoch=2, topology=Topology(1, 0, 2, 0), history=[Segment(topo, 2)]
+    )
+    read = np.concatenate([c.positions for c in _all_consumers(after)]).tolist()
+    assert not set(read) & set(consumed.tolist())
+
+
+def test_loader_states_written_before_repeated_aug_mean_no_repeats():
+    old = {"world_size": 2, "num_workers": 1, "micro_batch_size": 4, "shuffle_buffer": 8}
+    assert Topology.from_dict(old) == Topology(2, 1, 4, 8)
+    assert Topology(2, 1, 4, 8).to_dict() == old  # unchanged format when off
+    assert Topology.from_dict(Topology(2, 1, 4, 8, repeats=3).to_dict()).repeats == 3

@@ -155,3 +155,29 @@ def test_state_of_another_shard_set_or_seed_is_refused(shard_root, tmp_path):
         make_loader(shard_root, seed=1).load_state_dict(state)
     with pytest.raises(DataError, match="malformed"):
         make_loader(shard_root).load_state_dict({"epoch": 1})
+
+
+def test_repeated_aug_augments_each_copy_and_resumes_exactly(shard_root):
+    """data.repeated_aug=3: same batches per epoch, each chosen image three times in a row with
+    three different augmentations, no image in two repeat groups, and an exact resume."""
+    kw = dict(world_size=2, num_workers=2, repeated_aug=3)
+    epoch = []
+    for rank in range(2):
+        epoch += list(make_loader(shard_root, rank=rank, **kw))
+    assert len(epoch) == 2 * make_loader(shard_root, world_size=2).batches_per_epoch
+    copies: dict[str, list[torch.Tensor]] = {}
+    for batch in epoch:
+        for key, image in zip(batch["key"], batch["image"], strict=True):
+            copies.setdefault(key, []).append(image)
+    assert max(len(c) for c in copies.values()) == 3
+    assert sum(len(c) == 3 for c in copies.values()) >= len(copies) - 4  # 4 consumers' tails
+    for images in copies.values():
+        assert all(not torch.equal(images[0], other) for other in images[1:])
+    # Exact resume mid-epoch, between the copies of a group (batch size 4, 3 copies).
+    reference = list(make_loader(shard_root, **kw))
+    first = make_loader(shard_root, **kw)
+    head = _take(first, 1)
+    resumed = make_loader(shard_root, **kw)
+    resumed.load_state_dict(first.state_dict())
+    assert "repeated_aug=3" in resumed.describe_resume()
+    _assert_same(head + list(resumed), reference)

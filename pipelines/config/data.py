@@ -159,6 +159,14 @@ class DataSection(Section):
         description="a tar member claiming more ends its shard's reading (a corrupt or hostile "
         "header is never read whole)",
     )
+    repeated_aug: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="repeated augmentation (DeiT: 3): each training image an epoch picks is "
+        "used this many times, each copy augmented differently, mostly in the same batch; the "
+        "epoch keeps its length, so it sees 1/N of the images. 1: off",
+    )
     verify_shards: Literal["first_epoch", "always", "never"] = Field(
         "first_epoch",
         description="check each shard's sha256 against the manifest before using its samples: "

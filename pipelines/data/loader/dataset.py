@@ -164,6 +164,7 @@ class ConsumerStream:
 
     def _fill(self, slot: int, slots: Iterator[tuple[int, RawSample | Missing]]) -> _Slot:
         position, item = next(slots)
+        copy = slot % self.plan.repeats  # which copy of a repeated sample: its own augmentation
         try:
             good = self._decode(item)
             self.counts["samples"] += 1
@@ -177,9 +178,9 @@ class ConsumerStream:
             good = reserve[slot % len(reserve)]
             self.counts["refilled"] += 1
         if not self.spec.decode_in_worker:
-            box = self._box(good.size, position)
+            box = self._box(good.size, position, copy)
             return _Slot(good.image, good.label, good.key, True, box)
-        return _Slot(self._augment(good.image, position), good.label, good.key, True)
+        return _Slot(self._augment(good.image, position, copy), good.label, good.key, True)
 
     def _padding(self) -> _Slot:
         self.counts["padded"] += 1
@@ -231,9 +232,8 @@ class ConsumerStream:
     def _slots(self, start_slot: int) -> Iterator[tuple[int, RawSample | Missing]]:
         """(global position, raw sample) for slots start_slot..num_real-1, in slot order."""
         plan = self.plan
-        needed = np.zeros(plan.num_real, dtype=bool)
-        needed[plan.order[start_slot:]] = True
-        local = np.flatnonzero(needed)
+        uses = np.bincount(plan.order[start_slot:], minlength=len(plan.positions))
+        local = np.flatnonzero(uses)
         items = zip(local.tolist(), self._read(plan.positions[local]), strict=False)
         held: dict[int, RawSample | Missing] = {}
         for j in range(start_slot, plan.num_real):
@@ -241,7 +241,8 @@ class ConsumerStream:
             while want not in held:
                 index, item = next(items)
                 held[index] = item
-            yield int(plan.positions[want]), held.pop(want)
+            uses[want] -= 1  # a repeated sample is held until its last copy
+            yield int(plan.positions[want]), held[want] if uses[want] else held.pop(want)
 
     def _read(self, positions: np.ndarray) -> Iterator[RawSample | Missing]:
         for shard, offsets in self.spec.plan.stream.group(positions):
@@ -264,18 +265,21 @@ class ConsumerStream:
         image, label = decode_sample(item, **self._label_args)
         return _Good(image, label, item.key)
 
-    def _augment(self, image: torch.Tensor, position: int) -> torch.Tensor:
-        plan = self.spec.plan
+    def _augment(self, image: torch.Tensor, position: int, copy: int) -> torch.Tensor:
         if not self.train:
             return self.transform(image)
-        seed = derive_seed("sample", plan.seed, plan.epoch, position)
-        return apply_seeded(self.transform, image, seed)
+        return apply_seeded(self.transform, image, self._sample_seed(position, copy))
 
-    def _box(self, size: tuple[int, int], position: int) -> CropBox:
-        plan, augment = self.spec.plan, self.spec.augment
+    def _box(self, size: tuple[int, int], position: int, copy: int) -> CropBox:
         if not self.train:
-            return eval_box(*size, augment.eval_crop_pct)
-        return train_box(*size, augment, derive_seed("sample", plan.seed, plan.epoch, position))
+            return eval_box(*size, self.spec.augment.eval_crop_pct)
+        return train_box(*size, self.spec.augment, self._sample_seed(position, copy))
+
+    def _sample_seed(self, position: int, copy: int) -> int:
+        """One augmentation seed per sample and epoch; copies of a repeated sample get their own
+        (copy 0 keeps the seed a run without repeats uses)."""
+        plan = self.spec.plan
+        return derive_seed("sample", plan.seed, plan.epoch, position, *([copy] if copy else []))
 
     def _blank(self) -> torch.Tensor:
         return torch.zeros(3, self.spec.img_size, self.spec.img_size, dtype=torch.uint8)

@@ -16,6 +16,12 @@ Training epoch
 3. Each consumer emits its range in the order of a simulated shuffle buffer seeded from
    (seed, epoch, segment, consumer), and batches it into n / B micro-batches.
 
+Repeated augmentation (`data.repeated_aug` = r > 1, DeiT's recipe) keeps the epoch's length: a
+consumer still emits n slots, but they are ceil(n / r) samples drawn at random (seeded like the
+buffer) from its range, each emitted r times in a row, so the copies share a micro-batch where
+they fit; every copy is augmented with its own seed. The epoch sees about 1/r of the data, and no
+sample belongs to two repeat groups: the no-repeat rule holds per group.
+
 Resuming with a different topology mid-epoch makes the epoch a list of *segments*: the samples
 the old topology consumed (re-derived from its position) leave the pool, the remaining samples, in
 global order, are cut over the new consumers with the same rule, and the next epoch starts whole.
@@ -49,12 +55,15 @@ class Topology:
     num_workers: int
     micro_batch_size: int
     shuffle_buffer: int
+    repeats: int = 1  # data.repeated_aug: copies of each sample an epoch emits (training only)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or self.num_workers < 0 or self.micro_batch_size < 1:
             raise ValueError(f"invalid topology {self}")
         if self.shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
     @property
     def workers_per_rank(self) -> int:
@@ -66,19 +75,23 @@ class Topology:
         return self.world_size * self.workers_per_rank
 
     def describe(self) -> str:
+        repeats = f", repeated_aug={self.repeats}" if self.repeats > 1 else ""
         return (
             f"world_size={self.world_size} x num_workers={self.num_workers} x "
-            f"micro_batch_size={self.micro_batch_size} (shuffle_buffer={self.shuffle_buffer})"
+            f"micro_batch_size={self.micro_batch_size} (shuffle_buffer={self.shuffle_buffer}"
+            f"{repeats})"
         )
 
     def to_dict(self) -> dict[str, int]:
-        """The fields as loader state stores them (JSON)."""
-        return {
+        """The fields as loader state stores them (JSON); `repeats` only when on, so a state
+        without it (every state written before it existed) means 1."""
+        fields = {
             "world_size": self.world_size,
             "num_workers": self.num_workers,
             "micro_batch_size": self.micro_batch_size,
             "shuffle_buffer": self.shuffle_buffer,
         }
+        return fields | ({"repeats": self.repeats} if self.repeats > 1 else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Topology:
@@ -88,6 +101,7 @@ class Topology:
             int(d["num_workers"]),
             int(d["micro_batch_size"]),
             int(d["shuffle_buffer"]),
+            int(d.get("repeats", 1)),
         )
 
 
@@ -171,6 +185,7 @@ class ConsumerPlan:
 
     `positions` are the sorted global positions it reads; slot j of its output is
     `positions[order[j]]` for j < num_real, and a masked padding slot after that (eval only).
+    With `repeats` r > 1 slot j is copy j % r of its sample (the copies are consecutive).
     """
 
     consumer: int
@@ -178,10 +193,12 @@ class ConsumerPlan:
     order: np.ndarray
     num_batches: int
     micro_batch_size: int
+    repeats: int = 1
 
     @property
     def num_real(self) -> int:
-        return len(self.positions)
+        """Slots holding a sample (each copy of a repeated sample is a slot)."""
+        return len(self.order)
 
     @property
     def num_slots(self) -> int:
@@ -217,13 +234,18 @@ class EpochPlan:
         if self.train:
             positions = self.pool[c * self.per_consumer : (c + 1) * self.per_consumer]
             order_seed = derive_seed("buffer", self.seed, self.epoch, self.segment_index, c)
+            if topo.repeats > 1:
+                positions = _repeat_group_heads(positions, topo.repeats, order_seed)
             order = shuffle_buffer_order(len(positions), topo.shuffle_buffer, order_seed)
+            order = np.repeat(order, topo.repeats)[: self.per_consumer]
         else:
             q, r = divmod(len(self.pool), topo.num_consumers)
             lo = c * q + min(c, r)
             positions = self.pool[lo : lo + q + (c < r)]
             order = np.arange(len(positions), dtype=np.int64)
-        return ConsumerPlan(c, positions, order, self.batches_per_worker, topo.micro_batch_size)
+        return ConsumerPlan(
+            c, positions, order, self.batches_per_worker, topo.micro_batch_size, topo.repeats
+        )
 
     def consumed(self, position: int) -> np.ndarray:
         """Global positions consumed once every rank has taken `position` batches (sorted)."""
@@ -237,7 +259,15 @@ class EpochPlan:
                     parts.append(plan.positions[plan.order[: k * topo.micro_batch_size]])
         if not parts:
             return np.empty(0, dtype=np.int64)
-        return np.sort(np.concatenate(parts))
+        return np.unique(np.concatenate(parts))  # sorted; a repeat group counts once
+
+
+def _repeat_group_heads(span: np.ndarray, repeats: int, seed: int) -> np.ndarray:
+    """The ceil(len(span) / repeats) positions of `span` that are repeated, drawn at random and
+    returned sorted, so that the consumer still reads its shards front to back."""
+    count = -(-len(span) // repeats)
+    chosen = np.random.default_rng(seed).choice(len(span), size=count, replace=False)
+    return span[np.sort(chosen)]
 
 
 def _split_train(pool_size: int, topo: Topology) -> int:

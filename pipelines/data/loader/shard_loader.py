@@ -130,7 +130,11 @@ class ShardLoader:
         # Where images are decoded, cropped and normalised; None: in the dataloader workers.
         self.decode_on = decode_on
         self.topology = Topology(
-            world_size, data.num_workers, micro_batch_size, data.shuffle_buffer if train else 0
+            world_size,
+            data.num_workers,
+            micro_batch_size,
+            data.shuffle_buffer if train else 0,
+            data.repeated_aug if train else 1,
         )
         self.fingerprint = split_fingerprint(split, info, self.manifest.label_key)
         self._epoch = 0
