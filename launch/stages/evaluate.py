@@ -45,7 +45,7 @@ def run_eval_job(
         "eval",
         run_dir=config.resolved_run_dir,
         tracking=config.tracking,
-        run_name=config.tracking.run_name or f"{config.name}-eval",
+        run_name=config.stage_run_name("eval"),
         parent_run_id=parent_run_id,
         tags={"vitpipe.init_from": str(loaded.path), **(tags or {})},
         params=run_params(config.to_dict(), stage="eval"),

@@ -46,7 +46,7 @@ def run_shard(
         "shard",
         run_dir=section.output,
         tracking=config.tracking,
-        run_name=config.tracking.run_name or f"{config.name}-shard",
+        run_name=config.stage_run_name("shard"),
         parent_run_id=parent_run_id,
         params=run_params({"shard": section.model_dump(mode="json")}, stage="shard"),
     ) as run:

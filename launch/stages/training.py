@@ -104,7 +104,7 @@ def run_training_job(
         stage,
         run_dir=request.run_dir,
         tracking=config.tracking,
-        run_name=config.tracking.run_name or f"{config.name}-{stage}",
+        run_name=config.stage_run_name(stage),
         continue_run_id=resume_from.meta.get("mlflow_run_id") if resume_from else None,
         parent_run_id=parent_run_id,
         tags=all_tags,

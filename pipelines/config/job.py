@@ -123,6 +123,10 @@ class JobConfig(Section):
         """A path or a storage URI (`s3://bucket/prefix`); default `runs/<name>`."""
         return self.run_dir or f"runs/{self.name}"
 
+    def stage_run_name(self, stage: str) -> str:
+        """The MLflow run name of one stage of this job: tracking.run_name, else `<name>-<stage>`."""
+        return self.tracking.run_name or f"{self.name}-{stage}"
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
