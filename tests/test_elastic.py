@@ -67,7 +67,13 @@ def test_losing_a_node_continues_on_the_rest(fractal_shards, tmp_path):
     config = tmp_path / "elastic.yaml"
     config.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # After the loss Ray Train first waits this long for a group of the old size (60 s by
+    # default) before it shrinks; 30 s still lets a loaded CI machine start the first group.
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
+    }
     env.pop("RAY_ADDRESS", None)
     temp = Path("/tmp") / f"vpel{os.getpid()}"  # short: unix socket paths
     done = subprocess.run(
