@@ -79,6 +79,19 @@ def peaks(device: torch.device, dtype: torch.dtype, measured: float) -> Peaks:
     return resolve_peaks(device_name(device), math, measured=measured)
 
 
+def release_deepspeed_shm(rank: int) -> None:
+    """Remove the name of this rank's DeepSpeed CPU all-reduce segment. With LOCAL_SIZE set (as
+    the distributed benchmarks set it, and vitpipe's launchers do not), DeepSpeed's shm_comm op
+    creates a 66 MiB segment per rank,
+    `/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>`, and never
+    removes it: each run would leave its segments in memory until a reboot. Called once the
+    benchmark is over (every peer mapped it at start-up); the memory goes when the last process
+    holding it exits. The name is exact, so no other run's segment is touched."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
 def max_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

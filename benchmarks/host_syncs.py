@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         rows = [count_stage(stage, args, device) for stage in args.stages]
     finally:
+        common.release_deepspeed_shm(0)
         end_process_group()
     print(f"{args.precision}, {args.accum} micro-batch(es) per step, {args.steps} steps counted")
     for row in rows:

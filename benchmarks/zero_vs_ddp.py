@@ -272,6 +272,7 @@ def run_rank(args: argparse.Namespace) -> None:
         report = common.run_header(device, deepspeed=deepspeed.__version__) if rank == 0 else {}
         result = bench(args, ctx, device)
     finally:
+        common.release_deepspeed_shm(rank)
         end_process_group()
     if rank != 0:
         return

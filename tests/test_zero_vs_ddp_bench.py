@@ -24,6 +24,7 @@ TINY += ["--depth", "1", "--dim", "48", "--micro-batch", "2", "--num-classes", "
 @pytest.mark.slow
 def test_zero_vs_ddp_cpu_smoke_prints_a_ratio_per_variant(tmp_path):
     out = tmp_path / "rows.json"
+    segments = _deepspeed_shm_segments()
     cmd = [sys.executable, str(ROOT / "benchmarks" / "zero_vs_ddp.py"), *TINY, "--json", str(out)]
     # Own session: on a timeout the launcher and its spawned ranks are killed together.
     proc = subprocess.Popen(
@@ -42,6 +43,7 @@ def test_zero_vs_ddp_cpu_smoke_prints_a_ratio_per_variant(tmp_path):
         stdout, stderr = proc.communicate()
         pytest.fail(f"timed out after 300 s\n{stdout}{stderr[-4000:]}")
     assert proc.returncode == 0, stdout + stderr[-4000:]
+    assert _deepspeed_shm_segments() <= segments  # both ranks' 66 MiB segments were released
 
     lines = stdout.splitlines()
     header = next(line for line in lines if line.startswith("variant "))
@@ -59,3 +61,8 @@ def test_zero_vs_ddp_cpu_smoke_prints_a_ratio_per_variant(tmp_path):
     assert "both sides: fp32, compile False" in stdout
     for row in rows[1:]:  # what DeepSpeed was told: fp32 weights, like DDP's
         assert "bf16" not in row["ds_config"] and "fp16" not in row["ds_config"]
+
+
+def _deepspeed_shm_segments() -> set[str]:
+    """This user's DeepSpeed CPU all-reduce segments in /dev/shm."""
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
