@@ -6,12 +6,13 @@ state against the loader it is loaded into (same split, shard list and seed) and
 
 Resuming
 --------
-- Same topology (world size, workers, micro-batch, shuffle buffer): the loader yields exactly the
-  batches the uninterrupted run would have yielded next, bit for bit.
+- Same topology (world size, workers, micro-batch, shuffle buffer, repeated_aug): the loader
+  yields exactly the batches the uninterrupted run would have yielded next, bit for bit.
 - Different topology mid-epoch: the epoch is continued, not restarted. The samples the old
   topology consumed are re-derived from the plan (a pure function), the remaining samples of the
   epoch, in global order, are split evenly over the new consumers with the usual remainder rule,
-  and the next epoch uses the new topology from its start. No sample is repeated in the epoch;
+  and the next epoch uses the new topology from its start. No sample is repeated in the epoch
+  (with `data.repeated_aug`, no repeat group: a consumed group leaves the pool whole);
   the remainder of the re-split (fewer than new consumers x micro-batch samples) is dropped.
   `describe_resume()` says which of the two happened, with the numbers, for the logs.
 The state must come from the same shard list (manifest fingerprint) and seed, else `DataError`.
