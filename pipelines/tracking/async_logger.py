@@ -51,9 +51,8 @@ class AsyncMetricLogger:
     def _work(self) -> None:
         from mlflow.entities import Metric
 
-        client = mlflow_run.tracking_client(
-            self._uri
-        )  # retries bounded: a dead server costs seconds
+        # Retries bounded: a dead server costs seconds, not the end of training for minutes.
+        client = mlflow_run.tracking_client(self._uri)
         warned_at = 0.0
         stop = False
         while not stop:
