@@ -31,8 +31,8 @@ import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 import vit_core
-from launch.ports import free_loopback_port
-from launch.workers import end_process_group
+from launch.processes.launchers import end_process_group
+from launch.processes.ports import free_loopback_port
 from pipelines.config import config_from_dict
 from pipelines.distributed import DistContext
 

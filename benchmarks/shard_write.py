@@ -26,9 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.ray_cluster import connect  # noqa: E402
+from launch.processes.ray_cluster import connect  # noqa: E402
 from launch.stages.shard import run_shard  # noqa: E402
-from pipelines.config import ClusterSection, JobConfig, config_from_dict  # noqa: E402
+from pipelines.config import ClusterSection, StageConfig, config_from_dict  # noqa: E402
 from pipelines.data import shard_set  # noqa: E402
 from pipelines.data.manifest import read_manifest  # noqa: E402
 from pipelines.data.shard_writer import write_shard  # noqa: E402
@@ -51,7 +51,7 @@ def make_imagefolder(root: Path, num_images: int, size: int, num_classes: int = 
         (folder / f"img_{i:06d}.jpg").write_bytes(out.getvalue())
 
 
-def job_config(args: argparse.Namespace, data: Path, output: Path, workers: int) -> JobConfig:
+def job_config(args: argparse.Namespace, data: Path, output: Path, workers: int) -> StageConfig:
     if args.source == "fractal":
         per_class = max(1, args.num_images // 10)
         source = {"kind": "fractal", "num_classes": 10, "images_per_class": per_class,
@@ -69,7 +69,7 @@ def job_config(args: argparse.Namespace, data: Path, output: Path, workers: int)
     return config_from_dict({"shard": shard, "tracking": {"enabled": False}})
 
 
-def in_process(config: JobConfig) -> float:
+def in_process(config: StageConfig) -> float:
     """Images/s writing every shard in this process, without Ray."""
     job, plan = shard_set.prepare(config.shard)
     shard_set.begin(job.output, plan)

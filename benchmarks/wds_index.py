@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.ray_cluster import connect  # noqa: E402
+from launch.processes.ray_cluster import connect  # noqa: E402
 from launch.stages.shard import run_shard  # noqa: E402
 from pipelines.config import ClusterSection, config_from_dict  # noqa: E402
 

@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 
 import vit_core
-from launch.ports import free_loopback_port
-from launch.workers import end_process_group
-from pipelines.config import JobConfig, config_from_dict
+from launch.processes.launchers import end_process_group
+from launch.processes.ports import free_loopback_port
+from pipelines.config import StageConfig, config_from_dict
 from pipelines.distributed import DistContext
 from pipelines.errors import ConfigError
 from pipelines.train.losses import classification_loss
@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def job_config(args: argparse.Namespace, *, zero_stage: int) -> JobConfig:
-    """Our JobConfig for this run; variants differ only by `deepspeed.zero_stage`."""
+def job_config(args: argparse.Namespace, *, zero_stage: int) -> StageConfig:
+    """Our StageConfig for this run; variants differ only by `deepspeed.zero_stage`."""
     model = {"name": args.model, "img_size": args.img_size, "num_classes": args.num_classes}
     for key in ("patch_size", "depth", "dim", "num_heads"):
         if getattr(args, key) is not None:
@@ -104,7 +104,7 @@ def job_config(args: argparse.Namespace, *, zero_stage: int) -> JobConfig:
     return config_from_dict(raw)
 
 
-def build_model(config: JobConfig) -> torch.nn.Module:
+def build_model(config: StageConfig) -> torch.nn.Module:
     torch.manual_seed(config.train.seed)
     section = config.model
     return vit_core.VisionTransformer(
@@ -120,7 +120,7 @@ def synthetic_batches(args: argparse.Namespace, rank: int, device: torch.device)
     return list(zip(x.unbind(), y.unbind(), strict=True))
 
 
-def build_ddp(config: JobConfig, device: torch.device):
+def build_ddp(config: StageConfig, device: torch.device):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     model = build_model(config).to(device).train()
@@ -142,7 +142,7 @@ def build_ddp(config: JobConfig, device: torch.device):
     return step, optimizer, None
 
 
-def build_zero(config: JobConfig, ctx: DistContext):
+def build_zero(config: StageConfig, ctx: DistContext):
     from pipelines.train.engine import DeepSpeedEngine
 
     engine = DeepSpeedEngine(config, build_model(config), ctx)

@@ -11,8 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from launch.logs import configure_logging
-from launch.workers import end_process_group
+from launch.processes.launchers import end_process_group
+from launch.terminal.logs import configure_logging
 from pipelines.errors import VitpipeError
 
 # Listed here only once they work: `vitpipe --help` shows exactly these.

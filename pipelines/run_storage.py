@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import ClusterSection, JobConfig
+from pipelines.config import ClusterSection, StageConfig
 from pipelines.errors import ConfigError
 from pipelines.storage import Location, is_uri, locate
 from pipelines.transfer import download_file, upload_dir, upload_file
@@ -84,7 +84,7 @@ class RunDir:
         return True
 
 
-def check_tracking(config: JobConfig) -> None:
+def check_tracking(config: StageConfig) -> None:
     """With a remote run dir, MLflow must be a server every node reaches: a `sqlite:`/`file:`
     tracking URI would land in a stray file on whichever node runs rank 0. Raises `ConfigError`
     (one line) unless tracking is off."""

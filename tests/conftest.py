@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from launch.ports import free_loopback_port
+from launch.processes.ports import free_loopback_port
 
 # Ray binds 127.0.0.1 only; set before any test imports ray.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -51,7 +51,7 @@ def ray_local():
     """One loopback-only local Ray for the whole session (starting Ray costs seconds)."""
     import ray
 
-    from launch.ray_cluster import connect
+    from launch.processes.ray_cluster import connect
     from pipelines.config import ClusterSection
 
     if not ray.is_initialized():

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from launch.ports import free_loopback_port
+from launch.processes.ports import free_loopback_port
 
 START_TIMEOUT_S = 180
 _CLUSTER_SCRIPT = r"""

@@ -13,16 +13,16 @@ import torch
 import torch.distributed as dist
 
 import vit_core
-from launch.loopback import file_init_method
-from launch.ports import free_loopback_port
+from launch.processes.loopback import file_init_method
+from launch.processes.ports import free_loopback_port
+from pipelines.checkpoint import files
+from pipelines.checkpoint import marker as markers
+from pipelines.checkpoint.export import consolidated_state_dict
+from pipelines.checkpoint.rank_state import rng_state, write_rank_state
 from pipelines.config import config_from_dict
 from pipelines.distributed import DistContext
-from pipelines.export import consolidated_state_dict
 from pipelines.storage import locate
-from pipelines.train import checkpoint_files as files
-from pipelines.train import marker as markers
 from pipelines.train.engine import DeepSpeedEngine
-from pipelines.train.rank_state import rng_state, write_rank_state
 
 pytestmark = pytest.mark.slow
 MODEL = {"img_size": 32, "patch_size": 8, "dim": 64, "depth": 2, "num_heads": 2, "num_classes": 10}
@@ -30,7 +30,7 @@ MODEL = {"img_size": 32, "patch_size": 8, "dim": 64, "depth": 2, "num_heads": 2,
 
 @pytest.fixture(scope="module")
 def ctx() -> DistContext:
-    """One process group for the life of the process, as `launch.workers.run_local` keeps it
+    """One process group for the life of the process, as `launch.processes.launchers.run_local` keeps it
     (DeepSpeed caches the group)."""
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from launch.capacity import (
+from launch.cli import main
+from launch.processes.capacity import (
     CapacityError,
     ClusterView,
     NodeType,
@@ -17,7 +18,6 @@ from launch.capacity import (
     read_cluster,
     train_batches_per_rank,
 )
-from launch.cli import main
 from pipelines.config import config_from_dict
 
 from train_fixtures import tiny_job, write_yaml

@@ -13,9 +13,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import export_checkpoint
 from pipelines.config import config_from_dict
-from pipelines.export import export_checkpoint
 
 from train_fixtures import train_losses
 
@@ -29,10 +29,10 @@ def test_a_0_1_checkpoint_resumes_to_the_same_losses_and_weights(tmp_path, ray_l
     shutil.copytree(FIXTURE / "shards", shards)
     run_dir = tmp_path / "run"
     shutil.copytree(FIXTURE / "checkpoints", run_dir / "checkpoints")
-    raw = yaml.safe_load((FIXTURE / "job.yaml").read_text())
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text())
     raw["data"]["train_shards"] = str(shards)
 
-    result = run_training_job(config_from_dict(raw), run_dir=run_dir, progress=False)
+    result = run_training_stage(config_from_dict(raw), run_dir=run_dir, progress=False)
 
     assert result["status"] == "finished"
     expected = {

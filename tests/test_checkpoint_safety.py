@@ -72,9 +72,9 @@ def fixture_copy(tmp_path) -> tuple[Path, Path]:
     shutil.copytree(FIXTURE / "shards", tmp_path / "shards")
     run_dir = tmp_path / "run"
     shutil.copytree(FIXTURE / "checkpoints", run_dir / "checkpoints")
-    raw = yaml.safe_load((FIXTURE / "job.yaml").read_text())
+    raw = yaml.safe_load((FIXTURE / "config.yaml").read_text())
     raw["data"]["train_shards"] = str(tmp_path / "shards")
-    config = tmp_path / "job.yaml"
+    config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     return run_dir, config
 
@@ -122,7 +122,7 @@ def test_a_planted_payload_is_refused_by_every_command_and_never_runs(
 
 
 def test_legacy_and_unreadable_pickles_are_refused_without_running(tmp_path):
-    from pipelines.train.safe_load import safe_load, weights_only_loads
+    from pipelines.checkpoint.safe_load import safe_load, weights_only_loads
 
     proof = tmp_path / "PAYLOAD_RAN"
     legacy = tmp_path / "legacy.pt"
@@ -143,7 +143,7 @@ def test_legacy_and_unreadable_pickles_are_refused_without_running(tmp_path):
 
 
 def test_rank_state_is_json_and_safetensors_and_restores_every_stream(tmp_path):
-    from pipelines.train.rank_state import (
+    from pipelines.checkpoint.rank_state import (
         read_rank_state,
         rng_state,
         set_rng_state,
@@ -174,9 +174,9 @@ def test_rank_state_is_json_and_safetensors_and_restores_every_stream(tmp_path):
 
 
 def test_a_0_1_rank_state_reads_through_the_vetted_loader_and_upgrades(tmp_path):
-    from pipelines.train import marker as markers
-    from pipelines.train.rank_state import read_rank_state
-    from pipelines.train.upgrade import upgrade
+    from pipelines.checkpoint import marker as markers
+    from pipelines.checkpoint.rank_state import read_rank_state
+    from pipelines.checkpoint.upgrade import upgrade
 
     folder = tmp_path / STEP
     shutil.copytree(FIXTURE / "checkpoints" / STEP, folder)
@@ -200,8 +200,8 @@ def test_a_0_1_rank_state_reads_through_the_vetted_loader_and_upgrades(tmp_path)
 def test_upgrade_makes_a_trusted_file_with_a_foreign_class_loadable(tmp_path):
     from argparse import Namespace
 
-    from pipelines.train.safe_load import safe_load, vet_file
-    from pipelines.train.upgrade import upgrade
+    from pipelines.checkpoint.safe_load import safe_load, vet_file
+    from pipelines.checkpoint.upgrade import upgrade
 
     file = tmp_path / "model.pt"
     torch.save({"module": {"w": torch.ones(2)}, "args": Namespace(lr=0.1)}, file)
@@ -219,7 +219,7 @@ def test_deepspeed_fp16_loss_scalers_load_weights_only(tmp_path):
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
-    from pipelines.train.safe_load import safe_load
+    from pipelines.checkpoint.safe_load import safe_load
 
     path = tmp_path / "optim.pt"
     dynamic = DynamicLossScaler(
@@ -241,9 +241,9 @@ def test_deepspeed_fp16_loss_scalers_load_weights_only(tmp_path):
 
 
 def test_universal_conversion_records_hashes_and_is_vetted_before_loading(tmp_path):
-    from pipelines.train.checkpoint_files import open_checkpoint
-    from pipelines.train.safe_load import vet_folder
-    from pipelines.train.universal import convert_to_universal
+    from pipelines.checkpoint.files import open_checkpoint
+    from pipelines.checkpoint.safe_load import vet_folder
+    from pipelines.checkpoint.universal import convert_to_universal
 
     shutil.copytree(FIXTURE / "checkpoints", tmp_path / "checkpoints")
     checkpoint = open_checkpoint(tmp_path / "checkpoints" / STEP)

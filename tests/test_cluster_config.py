@@ -75,7 +75,7 @@ def test_bad_ranges_are_one_line_each():
 
 def test_check_config_names_the_world_size_that_cannot_split_the_batch(tmp_path, capsys):
     raw = tiny_job(tmp_path / "shards", tmp_path, cluster={"num_workers": [1, 3]})
-    code = main(["check-config", "-c", str(write_yaml(raw, tmp_path / "job.yaml"))])
+    code = main(["check-config", "-c", str(write_yaml(raw, tmp_path / "config.yaml"))])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [
@@ -124,7 +124,7 @@ def test_a_remote_run_dir_needs_a_tracking_server(tmp_path):
 
 def test_pretrain_refuses_sqlite_tracking_with_a_remote_run_dir_before_launch(tmp_path, capsys):
     raw = tiny_job(tmp_path / "no-shards-needed", tmp_path)
-    config = write_yaml(raw, tmp_path / "job.yaml")
+    config = write_yaml(raw, tmp_path / "config.yaml")
     code = main(["pretrain", "-c", str(config), "--run-dir", "s3://bucket/runs/tiny"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err

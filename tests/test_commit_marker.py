@@ -18,7 +18,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "ckpt_v0_1" / "checkpoints" / "st
 
 def fake_checkpoint(folder: Path, world_size: int = 2) -> list[dict]:
     """A ZeRO-2 folder's files, each rank's report of what it wrote."""
-    from pipelines.train import marker as markers
+    from pipelines.checkpoint import marker as markers
 
     folder.mkdir(parents=True)
     names: list[list[str]] = [[] for _ in range(world_size)]
@@ -36,8 +36,8 @@ def fake_checkpoint(folder: Path, world_size: int = 2) -> list[dict]:
 
 
 def test_the_marker_is_the_union_of_every_rank_report_and_verifies_hashes(tmp_path):
+    from pipelines.checkpoint import marker as markers
     from pipelines.errors import CheckpointError
-    from pipelines.train import marker as markers
 
     folder = tmp_path / "step_0000010"
     reports = fake_checkpoint(folder)
@@ -77,7 +77,7 @@ def test_the_marker_is_the_union_of_every_rank_report_and_verifies_hashes(tmp_pa
     ],
 )
 def test_an_edited_marker_is_refused(tmp_path, edit, problem):
-    from pipelines.train import marker as markers
+    from pipelines.checkpoint import marker as markers
 
     folder = tmp_path / "step_0000010"
     marker = markers.build(10, 2, fake_checkpoint(folder), {"zero_stage": 2})
@@ -87,7 +87,7 @@ def test_an_edited_marker_is_refused(tmp_path, edit, problem):
 
 
 def test_a_missing_file_is_refused(tmp_path):
-    from pipelines.train import marker as markers
+    from pipelines.checkpoint import marker as markers
 
     folder = tmp_path / "step_0000010"
     marker = markers.build(10, 2, fake_checkpoint(folder), {"zero_stage": 2})
@@ -96,7 +96,7 @@ def test_a_missing_file_is_refused(tmp_path):
 
 
 def test_a_0_1_marker_is_accepted_with_a_notice_that_it_has_no_hashes():
-    from pipelines.train import marker as markers
+    from pipelines.checkpoint import marker as markers
 
     result = markers.check(FIXTURE, markers.read(FIXTURE))
     assert result.problem is None

@@ -11,7 +11,7 @@ from pipelines.config import config_from_dict, dump_config, load_config, parse_o
 from pipelines.errors import ConfigError
 
 
-def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
@@ -24,9 +24,9 @@ def problems(path: Path, overrides: list[str] = ()) -> list[str]:
 
 
 def test_defaults_validate_and_name_comes_from_file(tmp_path):
-    config = load_config(write(tmp_path, "", "my-job.yaml"))
-    assert config.name == "my-job"
-    assert str(config.resolved_run_dir) == "runs/my-job"
+    config = load_config(write(tmp_path, "", "my-run.yaml"))
+    assert config.name == "my-run"
+    assert str(config.resolved_run_dir) == "runs/my-run"
     assert config.deepspeed.zero_stage == 2
 
 

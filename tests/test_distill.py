@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipelines.checkpoint.export import export_info, save_model
 from pipelines.config import config_from_dict
 from pipelines.config.distill import DistillSection
 from pipelines.errors import CheckpointError, ConfigError
-from pipelines.export import export_info, save_model
 from pipelines.train.distill import (
     DistillationLoss,
     check_same_teacher,

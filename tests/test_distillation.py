@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import (
+    consolidated_state_dict,
+    export_checkpoint,
+    export_info,
+    save_model,
+)
+from pipelines.checkpoint.files import latest_checkpoint
 from pipelines.errors import CheckpointError
-from pipelines.export import consolidated_state_dict, export_checkpoint, export_info, save_model
-from pipelines.train.checkpoint_files import latest_checkpoint
 from vit_core import VisionTransformer, ViTConfig
 
 from timm_fixtures import timm_model
@@ -63,14 +68,14 @@ def reference(fractal_shards, tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("distill")
     teacher = teacher_export(tmp / "teacher", seed=0)
     raw = distill_job(fractal_shards, tmp, teacher)
-    run_training_job(as_config(raw), run_dir=tmp / "reference", progress=False)
+    run_training_stage(as_config(raw), run_dir=tmp / "reference", progress=False)
     return tmp, raw
 
 
 def test_a_killed_distillation_resumes_bit_exactly(reference, fractal_shards, tmp_path):
     tmp, raw = reference
     run_dir = tmp_path / "run"
-    config_file = write_yaml(raw, tmp_path / "job.yaml")
+    config_file = write_yaml(raw, tmp_path / "config.yaml")
     job = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "pretrain", "-c", str(config_file)]
         + ["--run-dir", str(run_dir), "--no-progress"],
@@ -86,7 +91,7 @@ def test_a_killed_distillation_resumes_bit_exactly(reference, fractal_shards, tm
             time.sleep(0.2)
     finally:
         kill_session(job)
-    result = run_training_job(as_config(raw), run_dir=run_dir, progress=False)
+    result = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
     assert result["status"] == "finished" and result["resumed_from"] is not None
     assert "mfu_with_teacher" in result and result["mfu_with_teacher"] > result["mfu"]
 
@@ -103,7 +108,7 @@ def test_resuming_with_another_teacher_is_refused(reference, tmp_path):
     other = teacher_export(tmp_path / "other-teacher", seed=1)
     changed = {**raw, "distill": {**raw["distill"], "teacher": str(other)}}
     with pytest.raises(CheckpointError, match="teacher"):
-        run_training_job(as_config(changed), run_dir=tmp / "reference", progress=False)
+        run_training_stage(as_config(changed), run_dir=tmp / "reference", progress=False)
 
 
 def test_the_distilled_export_loads_in_timm(reference, tmp_path):

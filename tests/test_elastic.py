@@ -31,13 +31,13 @@ worker = cluster.add_node(**node)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address)
 
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
 from pipelines.config import load_config
 
 outcome = {}
 def train():
     try:
-        outcome["summary"] = run_training_job(load_config(config_path), run_dir=run_dir, progress=False)
+        outcome["summary"] = run_training_stage(load_config(config_path), run_dir=run_dir, progress=False)
     except BaseException as err:
         outcome["error"] = repr(err)
 thread = threading.Thread(target=train)

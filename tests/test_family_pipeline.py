@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from launch.cli import main as cli_main
-from launch.stages.finetune import run_finetune_job
-from launch.stages.training import run_training_job
+from launch.stages.finetune import run_finetune_stage
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import export_checkpoint, load_checkpoint_model, load_exported
+from pipelines.checkpoint.files import open_checkpoint
 from pipelines.errors import CheckpointError
-from pipelines.export import export_checkpoint, load_checkpoint_model, load_exported
-from pipelines.train.checkpoint_files import open_checkpoint
 from vit_core import BackboneConfig, describe_model
 
 from timm_fixtures import timm_model
@@ -48,7 +48,7 @@ def small_job(shards: Path, tmp_path: Path, **sections) -> dict:
 def pretrain(shards: Path, tmp_path: Path, model: dict) -> Path:
     """The final checkpoint of a two-step pretraining of `model`."""
     raw = small_job(shards, tmp_path, model=model)
-    result = run_training_job(
+    result = run_training_stage(
         as_config(raw), run_dir=tmp_path / "run", launcher="local", progress=False
     )
     assert result["status"] == "finished"
@@ -82,7 +82,7 @@ def test_a_tiny_hybrid_pretrains_finetunes_and_exports(
         finetune={"mode": "full"},
         optim={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
     )
-    result = run_finetune_job(
+    result = run_finetune_stage(
         as_config(raw), init_from=checkpoint, run_dir=tmp_path / "ft", launcher="local",
         progress=False,
     )  # fmt: skip

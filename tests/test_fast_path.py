@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from torch._dynamo.utils import counters
 
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
 
 from train_fixtures import as_config, summary, tiny_job, train_losses
 
@@ -27,7 +27,7 @@ def _run(shards, tmp_path, name: str, train: dict, **kwargs) -> dict[int, float]
         cluster={"num_workers": 1},
     )
     run_dir = tmp_path / name
-    run_training_job(as_config(raw), run_dir=run_dir, launcher="local", progress=False, **kwargs)
+    run_training_stage(as_config(raw), run_dir=run_dir, launcher="local", progress=False, **kwargs)
     return train_losses(run_dir)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
 
 from train_fixtures import as_config, summary, tiny_job, train_losses, write_yaml
 
@@ -36,7 +36,7 @@ def test_a_full_disk_fails_the_job_promptly_and_keeps_the_last_checkpoint(fracta
         tracking={"enabled": False},
         data={"num_workers": 0},
     )
-    config = write_yaml(raw, tmp_path / "job.yaml")
+    config = write_yaml(raw, tmp_path / "config.yaml")
     mount, kept = tmp_path / "small-disk", tmp_path / "kept"
     mount.mkdir()
     # A 3.5 MB filesystem of its own (a mount namespace, so no privileges are needed): room
@@ -66,7 +66,7 @@ def test_a_full_disk_fails_the_job_promptly_and_keeps_the_last_checkpoint(fracta
     assert (kept / "checkpoints" / "step_0000002" / "COMMITTED.json").is_file()
     assert not (kept / "checkpoints" / "step_0000004").exists()
 
-    resumed = run_training_job(as_config(raw), run_dir=kept, progress=False)  # room again
+    resumed = run_training_stage(as_config(raw), run_dir=kept, progress=False)  # room again
     assert resumed["status"] == "finished" and resumed["resumed_from"].endswith("step_0000002")
     assert sorted(train_losses(kept)) == list(range(1, 9))
 
@@ -79,7 +79,7 @@ def test_ctrl_c_checkpoints_and_stops_like_sigterm(fractal_shards, tmp_path):
         checkpoint={"every_n_steps": 200},
         data={"num_workers": 0},
     )
-    config = write_yaml(raw, tmp_path / "job.yaml")
+    config = write_yaml(raw, tmp_path / "config.yaml")
     run_dir = tmp_path / "run"
     job = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "pretrain", "-c", str(config)]

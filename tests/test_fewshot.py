@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from launch.workers import end_process_group
+from launch.processes.launchers import end_process_group
 from pipelines.distributed import DistContext
 from pipelines.evaluation import extract_features, fewshot_accuracy, fewshot_eval, gather_features
 from pipelines.evaluation.fewshot import BIAS_CONSTANT, STD_EPS, RidgeProbe, select_shots

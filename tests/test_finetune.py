@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from launch.cli import main as cli_main
-from launch.stages.finetune import run_finetune_job
-from launch.stages.training import run_training_job
-from pipelines.export import export_checkpoint, load_checkpoint_model, load_exported
-from pipelines.train.checkpoint_files import latest_checkpoint
+from launch.stages.finetune import run_finetune_stage
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import export_checkpoint, load_checkpoint_model, load_exported
+from pipelines.checkpoint.files import latest_checkpoint
 from pipelines.train.model_init import build_model
 from pipelines.train.request import TrainRequest
 
@@ -37,7 +37,7 @@ def pretrained(fractal_shards, tmp_path_factory, ray_local):
             cluster={"num_workers": workers},
             tracking={"enabled": False},
         )
-        result = run_training_job(as_config(raw), run_dir=tmp / "run", progress=False)
+        result = run_training_stage(as_config(raw), run_dir=tmp / "run", progress=False)
         made[workers] = Path(result["checkpoint"])
     return made
 
@@ -62,7 +62,7 @@ def test_finetune_a_checkpoint_saved_by_another_world_size(
     pretrained, digits_shards, tmp_path, saved_by, tuned_on
 ):
     raw = finetune_job(digits_shards, tmp_path, cluster={"num_workers": tuned_on})
-    result = run_finetune_job(
+    result = run_finetune_stage(
         as_config(raw), init_from=pretrained[saved_by], run_dir=tmp_path / "ft", progress=False
     )
     assert result["status"] == "finished" and result["world_size"] == tuned_on
@@ -102,7 +102,7 @@ def test_head_is_swapped_for_a_zero_linear_head_and_pos_embed_resampled(
     assert torch.allclose(model.pos_embed.detach(), expected)
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
 
-    result = run_finetune_job(
+    result = run_finetune_stage(
         as_config(raw),
         init_from=pretrained[2],
         run_dir=tmp_path / "ft64",
@@ -119,7 +119,7 @@ def test_finetune_from_an_export_dir_as_a_linear_probe(pretrained, digits_shards
     export_checkpoint(pretrained[2], export)
     raw = finetune_job(digits_shards, tmp_path, finetune={"mode": "linear_probe"})
     raw["tracking"]["enabled"] = False
-    result = run_finetune_job(
+    result = run_finetune_stage(
         as_config(raw), init_from=export, run_dir=tmp_path / "ft", launcher="local", progress=False
     )
     assert result["status"] == "finished" and result["registered_model_uri"] is None
@@ -146,7 +146,7 @@ def test_finetune_from_a_hugging_face_dir(digits_shards, tmp_path):
     transformers.ViTForImageClassification(hf_config).save_pretrained(tmp_path / "hf")
     raw = finetune_job(digits_shards, tmp_path)
     raw["tracking"]["enabled"] = False
-    result = run_finetune_job(
+    result = run_finetune_stage(
         as_config(raw),
         init_from=tmp_path / "hf",
         run_dir=tmp_path / "ft",
@@ -169,7 +169,7 @@ def test_bad_from_is_one_clear_error(digits_shards, tmp_path, capsys):
 
 def test_eval_reports_accuracy_confusion_and_fewshot(pretrained, digits_shards, tmp_path, capsys):
     raw = finetune_job(digits_shards, tmp_path)
-    tuned = run_finetune_job(
+    tuned = run_finetune_stage(
         as_config(raw),
         init_from=pretrained[2],
         run_dir=tmp_path / "ft",
@@ -220,7 +220,7 @@ def test_periodic_fewshot_during_pretraining(fractal_shards, digits_shards, tmp_
         cluster={"num_workers": 1},
     )
     raw["train"]["global_batch_size"] = 16
-    result = run_training_job(
+    result = run_training_stage(
         as_config(raw), run_dir=tmp_path / "run", launcher="local", progress=False
     )
     assert 0 <= result["fewshot/5shot_top1"] <= 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.job_spec import STAGES, build_job
+from launch.jobs.spec import STAGES, build_job
 from pipelines.config.pipeline import pipeline_from_dict
 from pipelines.errors import ConfigError
 
@@ -23,7 +23,7 @@ def job_config(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     raw = tiny_job(Path("shards"), tmp_path)
     raw["shard"] = {"source": {"kind": "digits"}, "output": "out/shards"}
-    return write_yaml(raw, tmp_path / "job.yaml")
+    return write_yaml(raw, tmp_path / "config.yaml")
 
 
 def test_every_stage_has_its_command(job_config, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.ports import free_loopback_port
+from launch.processes.ports import free_loopback_port
 
 from train_fixtures import child_env, summary, tiny_job, write_yaml
 
@@ -42,7 +42,7 @@ def _env() -> dict[str, str]:
 
 def test_torchrun_with_two_processes_drives_the_stage_from_rank_0_only(fractal_shards, tmp_path):
     raw = tiny_job(fractal_shards, tmp_path, train={"total_steps": 4}, cluster={"num_workers": 2})
-    config = write_yaml(raw, tmp_path / "job.yaml")
+    config = write_yaml(raw, tmp_path / "config.yaml")
     run_dir = tmp_path / "run"
     port = free_loopback_port()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
@@ -80,7 +80,7 @@ def test_local_launcher_without_tracking_imports_neither_ray_nor_mlflow(fractal_
         tracking={"enabled": False},
         cluster={"num_workers": 1},
     )
-    config = write_yaml(raw, tmp_path / "job.yaml")
+    config = write_yaml(raw, tmp_path / "config.yaml")
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-c", _BLOCKED_RUN, "pretrain", "-c", str(config)]

@@ -101,7 +101,7 @@ def watched_job(tmp_path_factory):
         tracking={"enabled": False},
         data={"num_workers": 2},
     )
-    config = write_yaml(raw, tmp / "job.yaml")
+    config = write_yaml(raw, tmp / "config.yaml")
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray 2.60 also kills a dead worker's process group; off here, so that the test checks our

@@ -14,7 +14,7 @@ import pytest
 from jobs_cluster import jobs_cluster
 
 from launch.cli import main
-from launch.ports import free_loopback_port
+from launch.processes.ports import free_loopback_port
 
 from train_fixtures import summary, tiny_job, write_yaml
 
@@ -94,7 +94,7 @@ def _random_export(out: Path, num_classes: int) -> Path:
     """A tiny ViT export (untrained weights) that `vitpipe eval --from` loads."""
     import torch
 
-    from pipelines.export import export_info, save_model
+    from pipelines.checkpoint.export import export_info, save_model
     from vit_core.config import ViTConfig
     from vit_core.model import VisionTransformer
 
@@ -196,7 +196,7 @@ def test_unreachable_address_is_one_line(tmp_path, capsys):
 
 
 def test_public_http_address_warns():
-    from launch.jobs_api import exposure_warning
+    from launch.jobs.api import exposure_warning
 
     assert exposure_warning("http://127.0.0.1:8265") is None
     assert exposure_warning("http://10.1.2.3:8265") is None

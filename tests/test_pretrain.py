@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
 
 from train_fixtures import as_config, summary, tiny_job, train_losses
 
@@ -24,7 +24,7 @@ def test_pretrain_learns_and_records_everything(fractal_shards, tmp_path, ray_lo
         checkpoint={"every_n_steps": 24},
     )
     run_dir = tmp_path / "run"
-    result = run_training_job(as_config(raw), run_dir=run_dir, progress=False)
+    result = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
 
     assert result["status"] == "finished" and result["steps"] == 48
     assert result["world_size"] == 2
@@ -91,7 +91,7 @@ def test_every_zero_stage_trains(fractal_shards, tmp_path, ray_local, stage):
         checkpoint={"every_n_steps": None},
         tracking={"enabled": False},
     )
-    result = run_training_job(as_config(raw), run_dir=tmp_path / "run", progress=False)
+    result = run_training_stage(as_config(raw), run_dir=tmp_path / "run", progress=False)
     assert result["status"] == "finished" and result["steps"] == 3
     assert all(loss == loss for loss in train_losses(tmp_path / "run").values())  # no NaN
     assert (tmp_path / "run" / "checkpoints" / "step_0000003" / "COMMITTED.json").is_file()

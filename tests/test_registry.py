@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.checkpoint.export import EXPORT_FORMAT, save_model
 from pipelines.config.data import AugmentSection
 from pipelines.data.loader.transforms import Normalize, eval_transform
 from pipelines.errors import CheckpointError
-from pipelines.export import EXPORT_FORMAT, save_model
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.pyfunc_model import preprocess, preprocess_settings
 from pipelines.tracking.registry import load_registered, log_and_register, use_tracking_uri

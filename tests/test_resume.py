@@ -17,10 +17,10 @@ import psutil
 import pytest
 import torch
 
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import consolidated_state_dict, export_checkpoint, load_exported
+from pipelines.checkpoint.files import latest_checkpoint, open_checkpoint
 from pipelines.errors import CheckpointError
-from pipelines.export import consolidated_state_dict, export_checkpoint, load_exported
-from pipelines.train.checkpoint_files import latest_checkpoint, open_checkpoint
 
 from train_fixtures import (
     as_config,
@@ -80,7 +80,7 @@ def reference_run(fractal_shards, tmp_path_factory, ray_local):
     """Run A: trained uninterrupted to TOTAL steps on 2 workers."""
     tmp = tmp_path_factory.mktemp("reference")
     run_dir = tmp / "run"
-    run_training_job(as_config(exact_job(fractal_shards, tmp)), run_dir=run_dir, progress=False)
+    run_training_stage(as_config(exact_job(fractal_shards, tmp)), run_dir=run_dir, progress=False)
     return run_dir
 
 
@@ -89,7 +89,7 @@ def test_sigkill_of_the_whole_job_then_resume_auto_is_bit_exact(
 ):
     raw = exact_job(fractal_shards, tmp_path)
     run_dir = tmp_path / "run"
-    config_file = write_yaml(raw, tmp_path / "job.yaml")
+    config_file = write_yaml(raw, tmp_path / "config.yaml")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     command = [sys.executable, "-m", "launch.cli", "pretrain", "-c", str(config_file)]
     job = subprocess.Popen(
@@ -105,7 +105,7 @@ def test_sigkill_of_the_whole_job_then_resume_auto_is_bit_exact(
         kill_session(job)
     assert job.wait(timeout=30) == -signal.SIGKILL
 
-    result = run_training_job(as_config(raw), run_dir=run_dir, resume="auto", progress=False)
+    result = run_training_stage(as_config(raw), run_dir=run_dir, resume="auto", progress=False)
     assert result["resumed_from"] is not None
     resumed_step = open_checkpoint(Path(result["resumed_from"])).step
     assert resumed_step in (5, 10)
@@ -121,7 +121,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(fractal_shards, tmp_path):
         tracking={"enabled": False},
     )
     run_dir = tmp_path / "run"
-    config_file = write_yaml(raw, tmp_path / "job.yaml")
+    config_file = write_yaml(raw, tmp_path / "config.yaml")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     job = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "pretrain", "-c", str(config_file)]
@@ -153,7 +153,7 @@ def test_worker_killed_mid_run_is_restored_by_failure_config_bit_exact(
 
     def train() -> None:
         try:
-            outcome["result"] = run_training_job(as_config(raw), run_dir=run_dir, progress=False)
+            outcome["result"] = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
         except BaseException as err:  # surfaced by the assertion below
             outcome["error"] = err
 
@@ -176,7 +176,7 @@ def test_worker_killed_mid_run_is_restored_by_failure_config_bit_exact(
 def test_torn_checkpoint_is_skipped_for_the_previous_one(fractal_shards, tmp_path, caplog):
     raw = exact_job(fractal_shards, tmp_path, tracking={"enabled": False})
     run_dir = tmp_path / "run"
-    run_training_job(as_config(raw), run_dir=run_dir, progress=False, stop_at_step=10)
+    run_training_stage(as_config(raw), run_dir=run_dir, progress=False, stop_at_step=10)
     root = run_dir / "checkpoints"
     (root / "step_0000010" / "vitpipe_rank00001.json").unlink()  # a rank's file lost
     torn = root / "step_0000012"  # killed while saving: files, no marker
@@ -184,7 +184,7 @@ def test_torn_checkpoint_is_skipped_for_the_previous_one(fractal_shards, tmp_pat
     (torn / "mp_rank_00_model_states.pt").write_bytes(b"partial")
 
     with caplog.at_level(logging.WARNING):
-        result = run_training_job(as_config(raw), run_dir=run_dir, progress=False)
+        result = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
     assert result["status"] == "finished" and result["steps"] == TOTAL
     assert Path(result["resumed_from"]).name == "step_0000005"
     warnings = caplog.text
@@ -204,11 +204,11 @@ def test_resume_on_a_different_number_of_workers(fractal_shards, tmp_path, befor
         tracking={"enabled": False},
     )
     run_dir = tmp_path / "run"
-    first = run_training_job(as_config(raw), run_dir=run_dir, progress=False, stop_at_step=4)
+    first = run_training_stage(as_config(raw), run_dir=run_dir, progress=False, stop_at_step=4)
     assert first["status"] == "stopped" and first["steps"] == 4
 
     raw["cluster"]["num_workers"] = after
-    second = run_training_job(as_config(raw), run_dir=run_dir, progress=False)
+    second = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
     assert second["status"] == "finished" and second["steps"] == 10
     assert second["world_size"] == after
     assert Path(second["resumed_from"]).name == "step_0000004"
@@ -235,12 +235,12 @@ def test_resume_at_the_end_of_an_epoch_reads_the_next_one_once(fractal_shards, t
         tracking={"enabled": False},
     )
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
-    run_training_job(as_config(raw), run_dir=reference, launcher="local", progress=False)
-    first = run_training_job(
+    run_training_stage(as_config(raw), run_dir=reference, launcher="local", progress=False)
+    first = run_training_stage(
         as_config(raw), run_dir=stopped, launcher="local", progress=False, stop_at_step=11
     )
     assert first["status"] == "stopped" and first["steps"] == 11
-    run_training_job(as_config(raw), run_dir=stopped, launcher="local", progress=False)
+    run_training_stage(as_config(raw), run_dir=stopped, launcher="local", progress=False)
     expected, got = keys_by_epoch(reference), keys_by_epoch(stopped)
     assert sorted(got) == [0, 1, 2]
     assert got == expected
@@ -252,9 +252,9 @@ def test_changed_model_section_is_an_error_showing_the_difference(
 ):
     raw = exact_job(fractal_shards, tmp_path, model={"depth": 3})
     with pytest.raises(CheckpointError, match=r"model\.depth: 2 -> 3"):
-        run_training_job(as_config(raw), run_dir=reference_run, progress=False)
+        run_training_stage(as_config(raw), run_dir=reference_run, progress=False)
     with pytest.raises(CheckpointError, match="already holds committed checkpoints"):
-        run_training_job(
+        run_training_stage(
             as_config(exact_job(fractal_shards, tmp_path)),
             run_dir=reference_run,
             resume="never",

@@ -262,11 +262,11 @@ def test_no_credentials_travel_in_a_runtime_env(tmp_path):
     """Storage credentials stay in each node's own environment (here: set by conftest)."""
     import os
 
-    from launch import jobs_api
-    from launch.ray_cluster import worker_runtime_env
+    from launch.jobs import api
+    from launch.processes.ray_cluster import worker_runtime_env
 
     assert os.environ["AWS_SECRET_ACCESS_KEY"]  # present in this process...
-    shipped = {**worker_runtime_env()["env_vars"], **jobs_api.JOB_ENV}
+    shipped = {**worker_runtime_env()["env_vars"], **api.JOB_ENV}
     leaked = [k for k in shipped if k.startswith(("AWS_", "GOOGLE_", "RAY_AUTH_TOKEN"))]
     assert leaked == []  # ...and in no runtime_env we build
     assert not any(os.environ["AWS_SECRET_ACCESS_KEY"] in v for v in shipped.values())

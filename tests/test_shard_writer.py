@@ -16,8 +16,8 @@ from PIL import Image
 from pipelines.data.image_encode import EncodeOptions, PreparedImage
 from pipelines.data.rejects import read_rejects, write_rejects
 from pipelines.data.shard_writer import (
-    ShardJob,
     ShardSample,
+    ShardWriteSettings,
     build_shard,
     state_file,
     tar_bytes,
@@ -141,7 +141,7 @@ def _fractal_job(tmp_path, **options):
     source = FractalSource(3, 4, 16, 500, seed=0)
     index = source.index()
     plan = make_plan(index, samples_per_shard=5, val_fraction=0.0, seed=0, settings=options)
-    job = ShardJob(locate(str(tmp_path)), source, index.classes, EncodeOptions(**options))
+    job = ShardWriteSettings(locate(str(tmp_path)), source, index.classes, EncodeOptions(**options))
     return job, plan
 
 

@@ -14,11 +14,11 @@ import torch
 
 from launch.cli import main
 from launch.stages.shard import run_shard
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import consolidated_state_dict
+from pipelines.checkpoint.files import latest_checkpoint, local_copy
 from pipelines.config import config_from_dict
-from pipelines.export import consolidated_state_dict
 from pipelines.storage import locate
-from pipelines.train.checkpoint_files import latest_checkpoint, local_copy
 
 from train_fixtures import as_config, tiny_job
 
@@ -65,14 +65,14 @@ def storage(s3_store, ray_local, tmp_path_factory):
         data={"num_workers": 0},
     )
     reference = f"{prefix}/reference"
-    run_training_job(as_config(raw), run_dir=reference, progress=False)
+    run_training_stage(as_config(raw), run_dir=reference, progress=False)
     return prefix, raw, reference, scratch
 
 
 def test_a_stopped_run_continues_from_storage_bit_exactly(storage, tmp_path):
     prefix, raw, reference, scratch = storage
     run = f"{prefix}/stopped"
-    first = run_training_job(as_config(raw), run_dir=run, progress=False, stop_at_step=2)
+    first = run_training_stage(as_config(raw), run_dir=run, progress=False, stop_at_step=2)
     assert first["status"] == "stopped" and first["checkpoint"].startswith(f"{run}/checkpoints")
     stored = {e.name for e in locate(run).list_dir()}
     assert {"checkpoints", "metrics.jsonl", "summary.json", "config.resolved.yaml"} <= stored
@@ -80,7 +80,7 @@ def test_a_stopped_run_continues_from_storage_bit_exactly(storage, tmp_path):
     assert locate(run).join("checkpoints", "latest").read_text().strip() == "step_0000002"
     shutil.rmtree(scratch)  # node scratch may vanish between a stop and a resume
 
-    second = run_training_job(as_config(raw), run_dir=run, progress=False)
+    second = run_training_stage(as_config(raw), run_dir=run, progress=False)
     assert second["status"] == "finished" and second["resumed_from"].endswith("step_0000002")
     assert json.loads(locate(run).join("summary.json").read_text())["steps"] == TOTAL
 

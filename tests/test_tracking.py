@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.ports import free_loopback_port
-from launch.stages.training import run_training_job
+from launch.processes.ports import free_loopback_port
+from launch.stages.training import run_training_stage
 from pipelines.errors import TrackingError
 
 from train_fixtures import as_config, tiny_job, train_losses
@@ -83,7 +83,7 @@ def test_server_killed_mid_run_does_not_stop_training(
 
     def train() -> None:
         try:
-            outcome["result"] = run_training_job(as_config(raw), run_dir=run_dir, progress=False)
+            outcome["result"] = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
         except BaseException as err:
             outcome["error"] = err
 
@@ -118,7 +118,7 @@ def test_metrics_reach_a_live_server(fractal_shards, tmp_path, mlflow_server, ra
         cluster={"num_workers": 1},
     )
     raw["train"]["global_batch_size"] = 16
-    result = run_training_job(as_config(raw), run_dir=tmp_path / "run", progress=False)
+    result = run_training_stage(as_config(raw), run_dir=tmp_path / "run", progress=False)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=url)
@@ -132,5 +132,5 @@ def test_unreachable_server_at_start_is_a_clear_error_unless_optional(fractal_sh
     url = f"http://127.0.0.1:{free_loopback_port()}"
     raw = tiny_job(fractal_shards, tmp_path, tracking={"uri": url})
     with pytest.raises(TrackingError, match="unreachable.*tracking.required=false"):
-        run_training_job(as_config(raw), run_dir=tmp_path / "run", progress=False)
+        run_training_stage(as_config(raw), run_dir=tmp_path / "run", progress=False)
     assert not (Path(tmp_path) / "run" / "checkpoints").exists()

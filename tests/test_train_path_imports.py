@@ -13,15 +13,15 @@ MODULES = [
     "pipelines.train.ds_config",
     "pipelines.train.optim",
     "pipelines.train.peak",
-    "pipelines.train.fp32_master",
+    "pipelines.checkpoint.fp32_master",
     "pipelines.train.trainer",
-    "launch.workers",
+    "launch.processes.launchers",
     "launch.stages.training",
     "launch.cli",
     "pipelines.data.loader",
     "pipelines.data.loader.device_decode",
     "pipelines.data.loader.device_prefetch",
-    "pipelines.export",
+    "pipelines.checkpoint.export",
 ]
 
 

@@ -20,14 +20,14 @@ import webdataset as wds
 from PIL import Image
 
 from launch.stages.shard import run_shard
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import consolidated_state_dict
+from pipelines.checkpoint.files import latest_checkpoint, open_checkpoint
 from pipelines.config import config_from_dict
 from pipelines.data.loader.tar_reader import read_shard
 from pipelines.data.manifest import read_manifest
 from pipelines.data.rejects import read_rejects
-from pipelines.export import consolidated_state_dict
 from pipelines.storage import locate
-from pipelines.train.checkpoint_files import latest_checkpoint, open_checkpoint
 
 from shard_fixtures import make_loader
 from train_fixtures import as_config, child_env, keys_by_epoch, tiny_job, train_losses, write_yaml
@@ -202,11 +202,11 @@ def test_pretraining_on_indexed_shards_is_killed_and_resumes_bit_exactly(foreign
     tmp, _, _ = foreign
     raw = _job(tmp, tmp_path)
     reference = tmp_path / "reference"
-    run_training_job(as_config(raw), run_dir=reference, launcher="local", progress=False)
+    run_training_stage(as_config(raw), run_dir=reference, launcher="local", progress=False)
 
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "launch.cli", "pretrain", "-c"]
-    command += [str(write_yaml(raw, tmp_path / "job.yaml")), "--run-dir", str(killed)]
+    command += [str(write_yaml(raw, tmp_path / "config.yaml")), "--run-dir", str(killed)]
     job = subprocess.Popen(
         [*command, "--launcher", "local", "--no-progress"],
         env=child_env(),  # the in-process runs set torchrun's variables here
@@ -223,7 +223,7 @@ def test_pretraining_on_indexed_shards_is_killed_and_resumes_bit_exactly(foreign
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)  # the trainer and its loader workers
     assert job.wait(timeout=60) == -signal.SIGKILL
-    result = run_training_job(as_config(raw), run_dir=killed, launcher="local", progress=False)
+    result = run_training_stage(as_config(raw), run_dir=killed, launcher="local", progress=False)
     resumed = open_checkpoint(Path(result["resumed_from"])).step
     assert result["status"] == "finished" and resumed in (4, 8)
 

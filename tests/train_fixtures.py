@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import yaml
 
-from pipelines.config import JobConfig, config_from_dict
+from pipelines.config import StageConfig, config_from_dict
 
 # A 32 px hybrid: a 2-stage ResNet-V2 backbone (16 tokens) under a 2-block ViT.
 TINY_HYBRID: dict[str, Any] = {
@@ -75,7 +75,7 @@ def tiny_job(shards: Path, tmp_path: Path, **sections: dict[str, Any]) -> dict[s
     return raw
 
 
-def as_config(raw: dict[str, Any]) -> JobConfig:
+def as_config(raw: dict[str, Any]) -> StageConfig:
     return config_from_dict(raw)
 
 

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.train.upgrade import upgrade
+    from pipelines.checkpoint.upgrade import upgrade
 
     done = upgrade(args.path)
     if not done:

@@ -7,8 +7,8 @@ import argparse
 import json
 from typing import Any
 
-from launch.workers import LAUNCHERS
-from pipelines.config import JobConfig, load_config
+from launch.processes.launchers import LAUNCHERS
+from pipelines.config import StageConfig, load_config
 from pipelines.config.paths import absolute, with_absolute_paths
 from pipelines.layout import SUMMARY
 
@@ -63,7 +63,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_job(args: argparse.Namespace) -> JobConfig:
+def load_job(args: argparse.Namespace) -> StageConfig:
     """The job config of `-c/--set` (and `--runlocal`), with every path absolute."""
     overrides = list(args.overrides)
     if getattr(args, "runlocal", False):

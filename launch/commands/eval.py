@@ -12,7 +12,7 @@ from launch.commands.common import (
     load_job,
     print_result,
 )
-from launch.stages.evaluate import run_eval_job
+from launch.stages.evaluate import run_eval_stage
 
 NAME = "eval"
 HELP = "evaluate a model (top-1/top-5, per class, confusion matrix; --fewshot K,K)"
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_eval_job(
+    summary = run_eval_stage(
         load_job(args),
         source=absolute_source(args.source),
         fewshot=args.fewshot,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.checkpoint.export import export_checkpoint
 from pipelines.config.paths import absolute
-from pipelines.export import export_checkpoint
 
 NAME = "export"
 HELP = "write consolidated fp32 weights (safetensors + config.json) from a checkpoint"

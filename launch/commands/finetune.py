@@ -14,7 +14,7 @@ from launch.commands.common import (
     load_job,
     print_result,
 )
-from launch.stages.finetune import run_finetune_job
+from launch.stages.finetune import run_finetune_stage
 
 NAME = "finetune"
 HELP = "fine-tune a pretrained ViT (export, checkpoint or Hugging Face dir) on a downstream set"
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_finetune_job(
+    summary = run_finetune_stage(
         load_job(args),
         init_from=absolute_source(args.source),
         resume=absolute_resume(args.resume),

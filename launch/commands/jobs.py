@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch import jobs_api
+from launch.jobs import api
 from pipelines.errors import ConfigError
 
 NAME = "jobs"
@@ -37,30 +37,30 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"vitpipe jobs {args.action} needs a JOB_ID")
     if args.action == "list" and args.job_id:
         raise ConfigError("vitpipe jobs list takes no JOB_ID")
-    client = jobs_api.connect(args.address, warn=lambda m: print(m, file=sys.stderr))
+    client = api.connect(args.address, warn=lambda m: print(m, file=sys.stderr))
     if args.action == "list":
-        return _list(client, jobs_api)
+        return _list(client)
     if args.action == "status":
-        info = jobs_api.job_info(client, args.job_id)
+        info = api.job_info(client, args.job_id)
         message = (info.message or "").strip().splitlines()
         print(f"{args.job_id} {info.status}" + (f": {message[0]}" if message else ""))
         return 0
     if args.action == "logs":
-        jobs_api.job_info(client, args.job_id)
+        api.job_info(client, args.job_id)
         if not args.follow:
-            sys.stdout.write(jobs_api.job_logs(client, args.job_id))
+            sys.stdout.write(api.job_logs(client, args.job_id))
             return 0
-        jobs_api.follow_logs(client, args.job_id)
-        return exit_status(args.job_id, jobs_api.wait_until_done(client, args.job_id))
-    if not jobs_api.stop_job(client, args.job_id):
-        info = jobs_api.job_info(client, args.job_id)
+        api.follow_logs(client, args.job_id)
+        return exit_status(args.job_id, api.wait_until_done(client, args.job_id))
+    if not api.stop_job(client, args.job_id):
+        info = api.job_info(client, args.job_id)
         print(f"{args.job_id} {info.status}: not running, nothing to stop")
         return 0
     if args.no_wait:
         print(f"{args.job_id}: stop requested")
         return 0
     print(f"{args.job_id}: stop requested; waiting for it to checkpoint and exit", flush=True)
-    info = jobs_api.wait_until_done(client, args.job_id, timeout_s=jobs_api.STOP_GRACE_S + 30)
+    info = api.wait_until_done(client, args.job_id, timeout_s=api.STOP_GRACE_S + 30)
     print(f"{args.job_id} {info.status}")
     return 0
 
@@ -77,8 +77,8 @@ def exit_status(job_id: str, info) -> int:
     return 1
 
 
-def _list(client, jobs_api) -> int:
-    jobs = jobs_api.list_jobs(client)
+def _list(client) -> int:
+    jobs = api.list_jobs(client)
     if not jobs:
         print(f"no jobs on {client.get_address()}")
         return 0
@@ -88,7 +88,7 @@ def _list(client, jobs_api) -> int:
             (
                 job.submission_id or job.job_id or "-",
                 str(job.status),
-                jobs_api.format_time(job.start_time),
+                api.format_time(job.start_time),
                 job.entrypoint,
             )
         )

@@ -11,7 +11,7 @@ from launch.commands.common import (
     load_job,
     print_result,
 )
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
 
 NAME = "pretrain"
 HELP = "pretrain a ViT on shards (DeepSpeed ZeRO on Ray workers)"
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_training_job(
+    summary = run_training_stage(
         load_job(args),
         stage="pretrain",
         resume=absolute_resume(args.resume),

@@ -3,9 +3,9 @@
 The config is validated here first (a bad config never reaches the cluster), its relative
 paths are made absolute, and the resolved copy is shipped as the job's `working_dir`; the job
 runs `vitpipe <stage> -c config.resolved.yaml` on the head node, joined to that cluster
-(`launch/job_spec.py`). vitpipe must be installed on every node, and shards, run dirs and
+(`launch/jobs/spec.py`). vitpipe must be installed on every node, and shards, run dirs and
 checkpoints must be on storage every node sees at the same path (a shared filesystem) or URIs.
-See `launch/jobs_api.py`.
+See `launch/jobs/api.py`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launch import jobs_api
 from launch.commands.common import add_config_args
 from launch.commands.jobs import exit_status
-from launch.job_spec import STAGES, build_job
+from launch.jobs import api
+from launch.jobs.spec import STAGES, build_job
 
 NAME = "submit"
 HELP = "submit a stage to a Ray cluster (Ray Jobs API) and follow its logs"
@@ -66,15 +66,15 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         init_from=args.init_from,
     )
-    client = jobs_api.connect(args.address, warn=_warn)
+    client = api.connect(args.address, warn=_warn)
     address = client.get_address()
     with tempfile.TemporaryDirectory(prefix="vitpipe-submit-") as tmp:
-        (Path(tmp) / jobs_api.CONFIG_NAME).write_text(spec.config_text)
-        job_id = jobs_api.submit(
+        (Path(tmp) / api.CONFIG_NAME).write_text(spec.config_text)
+        job_id = api.submit(
             client,
             entrypoint=spec.entrypoint,
             working_dir=Path(tmp),
-            job_id=args.job_id or jobs_api.default_job_id_for(spec.name, args.stage),
+            job_id=args.job_id or api.default_job_id_for(spec.name, args.stage),
             metadata={"vitpipe.stage": args.stage, "vitpipe.config": spec.name},
         )
     print(f"submitted job {job_id} to {address}: {spec.entrypoint}", flush=True)
@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     try:
-        jobs_api.follow_logs(client, job_id)
-        info = jobs_api.wait_until_done(client, job_id)
+        api.follow_logs(client, job_id)
+        info = api.wait_until_done(client, job_id)
     except KeyboardInterrupt:
         print(
             f"detached; job {job_id} keeps running (stop it: vitpipe jobs stop {job_id} "

@@ -7,22 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launch.progress import progress_wrap
 from launch.stages.lifecycle import stage_run
 from launch.stages.shard import ensure_shards
-from pipelines.config import JobConfig
+from launch.terminal.progress import progress_wrap
+from pipelines.checkpoint.model_sources import load_source_model
+from pipelines.config import StageConfig
 from pipelines.distributed import DistContext
 from pipelines.evaluation.classify import classify_on_shards, eval_device, eval_target
 from pipelines.evaluation.probe import fewshot_on_shards
 from pipelines.evaluation.report import write_report
-from pipelines.model_sources import load_source_model
 from pipelines.numerics import numerics_info, pin_threads
 from pipelines.run_storage import RunDir
 from pipelines.tracking.run_params import run_params
 
 
-def run_eval_job(
-    config: JobConfig,
+def run_eval_stage(
+    config: StageConfig,
     *,
     source: str | Path,
     run_dir: Path | None = None,

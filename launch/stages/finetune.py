@@ -11,18 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from launch.stages.training import run_training_job
-from pipelines.config import FinetuneSection, JobConfig
-from pipelines.export import export_checkpoint
+from launch.stages.training import run_training_stage
+from pipelines.checkpoint.export import export_checkpoint
+from pipelines.checkpoint.model_sources import check_source
+from pipelines.config import FinetuneSection, StageConfig
 from pipelines.layout import EXPORT_DIR
-from pipelines.model_sources import check_source
 from pipelines.run_storage import RunDir
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.registry import log_and_register
 
 
-def run_finetune_job(
-    config: JobConfig,
+def run_finetune_stage(
+    config: StageConfig,
     *,
     init_from: str | Path,
     run_dir: Path | None = None,
@@ -40,7 +40,7 @@ def run_finetune_job(
     def export_and_register(summary: dict[str, Any], target: TrackingTarget | None):
         return _export_and_register(config, summary, target)
 
-    return run_training_job(
+    return run_training_stage(
         config,
         stage="finetune",
         run_dir=run_dir,
@@ -55,13 +55,13 @@ def run_finetune_job(
     )
 
 
-def registered_name(config: JobConfig) -> str:
+def registered_name(config: StageConfig) -> str:
     name = config.tracking.registered_model or f"{config.tracking.experiment}-{config.name}"
     return re.sub(r"[^A-Za-z0-9_.\-]", "-", name)
 
 
 def _export_and_register(
-    config: JobConfig, summary: dict[str, Any], target: TrackingTarget | None
+    config: StageConfig, summary: dict[str, Any], target: TrackingTarget | None
 ) -> dict[str, Any]:
     files = RunDir.open(summary["run_dir"], config.cluster)
     local = files.path(EXPORT_DIR)

@@ -6,25 +6,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from launch.ray_cluster import ray_session
-from launch.stages.evaluate import run_eval_job
-from launch.stages.finetune import run_finetune_job
+from launch.processes.ray_cluster import ray_session
+from launch.stages.evaluate import run_eval_stage
+from launch.stages.finetune import run_finetune_stage
 from launch.stages.lifecycle import stage_run
-from launch.stages.training import run_training_job
+from launch.stages.training import run_training_stage
 from launch.stages.transfer import run_transfer_curve
-from pipelines.config import FinetuneSection, JobConfig
+from pipelines.checkpoint.export import export_random_init
+from pipelines.config import FinetuneSection, StageConfig
 from pipelines.config.pipeline import PipelineConfig
 from pipelines.errors import VitpipeError
 from pipelines.evaluation.transfer import format_table as transfer_table
 from pipelines.evaluation.transfer import group
-from pipelines.export import export_random_init
 from pipelines.storage import Location
 from pipelines.tracking.run_params import run_params
 
 
 def run_pipeline(
     pipeline: PipelineConfig,
-    stages: dict[str, JobConfig],
+    stages: dict[str, StageConfig],
     *,
     run_dir: Location,
     progress: bool = True,
@@ -41,7 +41,7 @@ def run_pipeline(
     ) as run:
         parent_id = run.tracking.run_id if run.tracking else None
         with ray_session(pretrain_cfg.cluster):  # one Ray for every stage
-            pre = run_training_job(
+            pre = run_training_stage(
                 pretrain_cfg, stage="pretrain", parent_run_id=parent_id, progress=progress
             )
             _require_finished("pretrain", pre)
@@ -49,7 +49,7 @@ def run_pipeline(
                 "vitpipe.lineage.pretrain_checkpoint": str(pre["checkpoint"]),
                 "vitpipe.lineage.pretrain_run_id": str(pre.get("mlflow_run_id")),
             }
-            fine = run_finetune_job(
+            fine = run_finetune_stage(
                 finetune_cfg,
                 init_from=pre["checkpoint"],
                 parent_run_id=parent_id,
@@ -76,7 +76,7 @@ def run_pipeline(
                     transfer_means=report.means,
                     transfer_gain=report.gain,
                 )
-        evaluated = run_eval_job(
+        evaluated = run_eval_stage(
             finetune_cfg,
             source=fine["export_dir"],
             run_dir=run_dir.join("eval").uri,
@@ -84,7 +84,7 @@ def run_pipeline(
             tags={"vitpipe.lineage.finetune_run_id": str(fine.get("mlflow_run_id"))},
             progress=progress,
         )
-        fewshot = run_eval_job(
+        fewshot = run_eval_stage(
             finetune_cfg,
             source=pre["checkpoint"],
             run_dir=run_dir.join("fewshot").uri,
@@ -148,7 +148,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def _finetune_from_scratch(
-    config: JobConfig, pre: dict, run_dir: Location, parent_id, progress: bool
+    config: StageConfig, pre: dict, run_dir: Location, parent_id, progress: bool
 ) -> dict:
     """The same fine-tune, from a random initialisation of the same architecture."""
     init_dir = export_random_init(
@@ -162,7 +162,7 @@ def _finetune_from_scratch(
             "finetune": finetune.model_copy(update={"register_model": False}),
         }
     )
-    result = run_finetune_job(
+    result = run_finetune_stage(
         scratch_cfg,
         init_from=init_dir,
         parent_run_id=parent_id,

@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launch.ray_cluster import ray_session
-from launch.ray_tasks import run_bounded, task_progress
+from launch.processes.ray_cluster import ray_session
+from launch.processes.ray_tasks import run_bounded, task_progress
 from launch.stages.lifecycle import stage_run
 from launch.stages.shard_index import format_index_summary, index_shards
-from pipelines.config import JobConfig, ShardSection
+from pipelines.config import ShardSection, StageConfig
 from pipelines.data import shard_set
 from pipelines.data.manifest import MANIFEST_NAME, split_counts
 from pipelines.data.rejects import count_reasons
-from pipelines.data.shard_writer import ShardJob, ShardResult, write_shard
+from pipelines.data.shard_writer import ShardResult, ShardWriteSettings, write_shard
 from pipelines.data.write_plan import ShardTask
 from pipelines.errors import ConfigError
 from pipelines.storage import locate
@@ -32,7 +32,7 @@ from pipelines.tracking.run_params import run_params
 
 
 def run_shard(
-    config: JobConfig, progress: bool = True, *, parent_run_id: str | None = None
+    config: StageConfig, progress: bool = True, *, parent_run_id: str | None = None
 ) -> dict[str, Any]:
     """Turn `config.shard.source` into WebDataset shards; returns the summary (also written to
     `<output>/summary.json` by the stage lifecycle). Paths in `config` are absolute (the CLI
@@ -59,7 +59,7 @@ def run_shard(
     return run.summary
 
 
-def _write_shards(config: JobConfig, section: ShardSection, progress: bool) -> dict[str, Any]:
+def _write_shards(config: StageConfig, section: ShardSection, progress: bool) -> dict[str, Any]:
     job, plan = shard_set.prepare(section)
     shard_set.begin(job.output, plan)
     with ray_session(config.cluster):
@@ -104,7 +104,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _run_tasks(
-    job: ShardJob, tasks: Sequence[ShardTask], num_workers: int, show_progress: bool
+    job: ShardWriteSettings, tasks: Sequence[ShardTask], num_workers: int, show_progress: bool
 ) -> list[ShardResult]:
     counters = {"images": 0, "skipped": 0}
     text = "shards  {task.fields[images]} images  {task.fields[skipped]} skipped"
@@ -122,7 +122,7 @@ def _run_tasks(
 
 
 def ensure_shards(
-    config: JobConfig, *, parent_run_id: str | None = None, progress: bool = True
+    config: StageConfig, *, parent_run_id: str | None = None, progress: bool = True
 ) -> dict[str, Any] | None:
     """Shard first when the config says how (`shard:`) and `data.train_shards` has no manifest
     yet, so `vitpipe pretrain -c CONFIG` works from a fresh checkout. Returns the shard summary."""

@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from launch.ray_cluster import ray_session
-from launch.ray_tasks import run_bounded, task_progress
-from pipelines.config import JobConfig
+from launch.processes.ray_cluster import ray_session
+from launch.processes.ray_tasks import run_bounded, task_progress
+from pipelines.config import StageConfig
 from pipelines.data import wds_index
 from pipelines.data.manifest import MANIFEST_NAME, split_counts
 from pipelines.data.rejects import count_reasons
@@ -21,7 +21,7 @@ from pipelines.data.rejects import count_reasons
 SUMMARY_NAME = "summary.json"
 
 
-def index_shards(config: JobConfig, progress: bool = True) -> dict[str, Any]:
+def index_shards(config: StageConfig, progress: bool = True) -> dict[str, Any]:
     """Index `config.shard.source.urls` (and `val_urls`); returns the stage's summary fields
     (`run_shard` runs this inside the stage lifecycle). Uses the Ray that is already
     initialised, else `config.cluster`."""
@@ -69,7 +69,7 @@ def format_index_summary(summary: dict[str, Any]) -> str:
 
 
 def _run_tasks(
-    job: wds_index.IndexJob,
+    job: wds_index.IndexSettings,
     tasks: Sequence[wds_index.IndexTask],
     num_workers: int,
     show_progress: bool,

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from launch import workers
-from launch.progress import MetricsProgress
-from launch.ray_cluster import ray_session
+from launch.processes import launchers
+from launch.processes.ray_cluster import ray_session
 from launch.stages.lifecycle import StageRun, stage_run
 from launch.stages.shard import ensure_shards
-from pipelines.config import JobConfig, dump_config
+from launch.terminal.progress import MetricsProgress
+from pipelines.checkpoint.files import Checkpoint, check_loadable, checkpoints_root
+from pipelines.config import StageConfig, dump_config
 from pipelines.data.manifest import MANIFEST_NAME, read_manifest
 from pipelines.layout import (
     CONFIG_RESOLVED,
@@ -33,20 +34,19 @@ from pipelines.layout import (
 from pipelines.run_storage import RunDir, check_tracking
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.run_params import run_params
-from pipelines.train.checkpoint import check_same_model, select_checkpoint
-from pipelines.train.checkpoint_files import Checkpoint, check_loadable, checkpoints_root
+from pipelines.train.checkpointer import check_same_model, select_checkpoint
 from pipelines.train.distill import runlocal_teacher
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.model_init import architecture
 from pipelines.train.request import TrainRequest
 from pipelines.train.stop import StopRequest
 
-LAUNCHERS = workers.LAUNCHERS
+LAUNCHERS = launchers.LAUNCHERS
 SuccessHook = Callable[[dict[str, Any], TrackingTarget | None], dict[str, Any]]
 
 
-def run_training_job(
-    config: JobConfig,
+def run_training_stage(
+    config: StageConfig,
     *,
     stage: str = "pretrain",
     run_dir: Path | None = None,
@@ -75,8 +75,8 @@ def run_training_job(
         init_from=init_from,
         stop_at_step=stop_at_step,
     )
-    if not workers.is_driver(launcher):
-        return workers.run_local(request)
+    if not launchers.is_driver(launcher):
+        return launchers.run_local(request)
     check_tracking(config)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
     files = request.files()
@@ -88,7 +88,7 @@ def run_training_job(
     stop.clear()
     files.at(WORKER_RESULT).delete()
     resume_from = _resume_point(request)
-    world = workers.world_size(launcher, config)
+    world = launchers.world_size(launcher, config)
     files.path(CONFIG_RESOLVED).write_text(dump_config(config))
     ds_json = json.dumps(deepspeed_config(config, world), indent=1)
     files.path(DEEPSPEED_CONFIG).write_text(ds_json)
@@ -113,7 +113,9 @@ def run_training_job(
         run.artifacts += _artifacts(config, files)
         request = _with_tracking(request, run)
         with _progress_display(request, enabled=progress), _launched(request, launcher, stop):
-            result = workers.run_local(request) if launcher == "local" else workers.run_ray(request)
+            result = (
+                launchers.run_local(request) if launcher == "local" else launchers.run_ray(request)
+            )
         run.summary.update(result)
         if on_success is not None and result.get("status") == "finished":
             run.summary.update(on_success(run.summary, run.tracking))
@@ -132,7 +134,7 @@ def _resume_point(request: TrainRequest) -> Checkpoint | None:
     return found
 
 
-def _manifest_classes(config: JobConfig) -> int:
+def _manifest_classes(config: StageConfig) -> int:
     return read_manifest(config.data.require_train_shards()).num_classes
 
 
@@ -140,7 +142,7 @@ def _with_tracking(request: TrainRequest, run: StageRun) -> TrainRequest:
     return dataclasses.replace(request, tracking=run.tracking)
 
 
-def _artifacts(config: JobConfig, files: RunDir) -> list[Path]:
+def _artifacts(config: StageConfig, files: RunDir) -> list[Path]:
     found = [files.path(CONFIG_RESOLVED), files.path(DEEPSPEED_CONFIG)]
     root = config.data.train_shards
     if root and "://" not in root and (Path(root) / MANIFEST_NAME).is_file():

@@ -13,19 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launch.stages.finetune import run_finetune_job
-from pipelines.config import JobConfig
+from launch.stages.finetune import run_finetune_stage
+from pipelines.checkpoint.export import export_random_init
+from pipelines.config import StageConfig
 from pipelines.config.pipeline import PipelineConfig, pipeline_transfer_runs
 from pipelines.config.transfer import ALL, TransferRun
 from pipelines.data.manifest import read_manifest
 from pipelines.evaluation.transfer import TransferReport, transfer_report
-from pipelines.export import export_random_init
 from pipelines.storage import Location
 
 
 def run_transfer_curve(
     pipeline: PipelineConfig,
-    finetune: JobConfig,
+    finetune: StageConfig,
     *,
     pretrained: dict[str, Any],
     tuned: dict[str, Any],
@@ -40,7 +40,7 @@ def run_transfer_curve(
     points = []
     for run in pipeline_transfer_runs(pipeline, root):
         reused = _main_result(run, finetune, tuned, scratch)
-        result = reused or run_finetune_job(
+        result = reused or run_finetune_stage(
             _quiet(run.config),
             init_from=_init(run, checkpoint, root),
             launcher="local",
@@ -55,7 +55,7 @@ def run_transfer_curve(
 
 
 def _main_result(
-    run: TransferRun, finetune: JobConfig, tuned: dict, scratch: dict | None
+    run: TransferRun, finetune: StageConfig, tuned: dict, scratch: dict | None
 ) -> dict | None:
     """The pipeline's own fine-tunes are the all-labels points of its seed."""
     if run.shots != ALL or run.seed != finetune.train.seed:
@@ -70,7 +70,7 @@ def _init(run: TransferRun, checkpoint: str, root: Path) -> str:
     return export_random_init(checkpoint, root / f"scratch_init_s{run.seed}", seed=run.seed)
 
 
-def _quiet(config: JobConfig) -> JobConfig:
+def _quiet(config: StageConfig) -> StageConfig:
     """No MLflow run and no registered model per point: the parent run holds the curve."""
     tracking = config.tracking.model_copy(update={"enabled": False})
     finetune = config.finetune.model_copy(update={"register_model": False})

@@ -2,7 +2,6 @@
 
 from pipelines.config.data import AugmentSection, DataSection, ShardSection, SourceSection
 from pipelines.config.distill import DistillSection
-from pipelines.config.job import JobConfig
 from pipelines.config.loader import (
     apply_overrides,
     config_from_dict,
@@ -12,6 +11,7 @@ from pipelines.config.loader import (
 )
 from pipelines.config.model import BackboneSection, ModelSection
 from pipelines.config.runtime import ClusterSection, TrackingSection
+from pipelines.config.stage import StageConfig
 from pipelines.config.training import (
     CheckpointSection,
     DeepSpeedSection,
@@ -30,7 +30,7 @@ __all__ = [
     "DeepSpeedSection",
     "DistillSection",
     "FinetuneSection",
-    "JobConfig",
+    "StageConfig",
     "ModelSection",
     "OptimSection",
     "ScheduleSection",

@@ -1,4 +1,4 @@
-"""YAML file -> `--set` overrides -> one strict validation -> a frozen `JobConfig`.
+"""YAML file -> `--set` overrides -> one strict validation -> a frozen `StageConfig`.
 
 Every problem is collected and reported together, each naming its dotted field, the bad
 value and what is allowed, so a user fixes a config in one pass.
@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipelines.config.job import JobConfig
 from pipelines.config.runlocal import shrink
+from pipelines.config.stage import StageConfig
 from pipelines.errors import ConfigError
 
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -26,7 +26,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000  # counted with every alias expanded (an alias bomb is ~10 lines)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StageConfig:
     """Read, override and validate a job config; raises `ConfigError` listing every problem."""
     path = Path(path)
     raw = read_yaml(path)
@@ -145,16 +145,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return result
 
 
-def config_from_dict(raw: dict[str, Any]) -> JobConfig:
+def config_from_dict(raw: dict[str, Any]) -> StageConfig:
     if raw.get("runlocal") is True:
         raw = shrink(raw)
     try:
-        return JobConfig.model_validate(raw)
+        return StageConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError([_describe(e) for e in err.errors()]) from None
 
 
-def dump_config(config: JobConfig) -> str:
+def dump_config(config: StageConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
@@ -166,7 +166,7 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _describe(error: dict[str, Any], root: type[BaseModel] = JobConfig) -> str:
+def _describe(error: dict[str, Any], root: type[BaseModel] = StageConfig) -> str:
     """One line for one pydantic error: dotted field, what was given, what is allowed.
 
     `root` is the model the error's location starts from.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipelines.config.job import JobConfig
+from pipelines.config.stage import StageConfig
 from pipelines.layout import SHARDS_DIR
 from pipelines.storage import locate
 
@@ -27,8 +27,8 @@ def absolute(value: str | None, base: Path | None = None) -> str | None:
 
 
 def with_absolute_paths(
-    config: JobConfig, run_dir: Path | str | None = None, base: Path | None = None
-) -> JobConfig:
+    config: StageConfig, run_dir: Path | str | None = None, base: Path | None = None
+) -> StageConfig:
     base = base or Path.cwd()
     resolved_run_dir = absolute(str(run_dir or config.resolved_run_dir), base)
     update: dict = {"run_dir": resolved_run_dir}

@@ -23,9 +23,9 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from pipelines.config.base import Section
-from pipelines.config.job import JobConfig
 from pipelines.config.loader import _describe, apply_overrides, config_from_dict, read_yaml
 from pipelines.config.paths import absolute, with_absolute_paths
+from pipelines.config.stage import StageConfig
 from pipelines.config.transfer import TransferRun, TransferSection, deep_merge, transfer_runs
 from pipelines.errors import ConfigError
 from pipelines.storage import Location, locate
@@ -63,8 +63,8 @@ def is_pipeline(raw: dict[str, Any]) -> bool:
 
 def load_pipeline(
     path: str | Path, overrides: list[str] | tuple[str, ...] = ()
-) -> tuple[PipelineConfig, dict[str, JobConfig]]:
-    """The pipeline and one validated `JobConfig` per stage; `ConfigError` lists every problem."""
+) -> tuple[PipelineConfig, dict[str, StageConfig]]:
+    """The pipeline and one validated `StageConfig` per stage; `ConfigError` lists every problem."""
     path = Path(path)
     raw = read_yaml(path)
     if not is_pipeline(raw):
@@ -79,13 +79,13 @@ def load_pipeline(
     return pipeline_from_dict(raw)
 
 
-def pipeline_from_dict(raw: dict[str, Any]) -> tuple[PipelineConfig, dict[str, JobConfig]]:
+def pipeline_from_dict(raw: dict[str, Any]) -> tuple[PipelineConfig, dict[str, StageConfig]]:
     problems: list[str] = []
     try:
         pipeline = PipelineConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError([_describe(e, PipelineConfig) for e in err.errors()]) from None
-    stages: dict[str, JobConfig] = {}
+    stages: dict[str, StageConfig] = {}
     for stage in STAGES:
         merged = stage_dict(pipeline, stage)
         try:
@@ -123,8 +123,8 @@ def pipeline_transfer_runs(pipeline: PipelineConfig, root: Path) -> list[Transfe
 
 
 def resolve_stages(
-    pipeline: PipelineConfig, stages: dict[str, JobConfig], run_dir: str | None = None
-) -> tuple[Location, dict[str, JobConfig]]:
+    pipeline: PipelineConfig, stages: dict[str, StageConfig], run_dir: str | None = None
+) -> tuple[Location, dict[str, StageConfig]]:
     """The pipeline's run dir (absolute, or a storage URI) and its stage configs with absolute
     paths, each stage in `<run dir>/<stage>`, all logging to the pretraining stage's MLflow
     experiment (nested runs only nest within one experiment)."""

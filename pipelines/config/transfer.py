@@ -10,7 +10,7 @@ images per class, from the pretrained checkpoint and from random initialisation,
           seeds: [0]
           finetune: {}          # merged into the pipeline's finetune job config
 
-`transfer_runs()` turns it into one validated `JobConfig` per (k, seed, init); the driver gives
+`transfer_runs()` turns it into one validated `StageConfig` per (k, seed, init); the driver gives
 each its run dir, and each (k, seed) its shard dir (both inits train on the same images).
 """
 
@@ -23,8 +23,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipelines.config.base import Section
-from pipelines.config.job import JobConfig
 from pipelines.config.loader import config_from_dict
+from pipelines.config.stage import StageConfig
 from pipelines.errors import ConfigError
 
 INITS = ("pretrained", "scratch")
@@ -50,7 +50,7 @@ class TransferRun:
     shots: int | str
     seed: int
     init: str
-    config: JobConfig
+    config: StageConfig
 
     @property
     def name(self) -> str:

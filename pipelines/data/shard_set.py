@@ -21,7 +21,12 @@ from pipelines.config import ShardSection
 from pipelines.data.image_encode import EncodeOptions
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, SplitInfo, write_manifest
 from pipelines.data.rejects import REJECTED_NAME, count_reasons, write_rejects
-from pipelines.data.shard_writer import SHARD_FORMAT_VERSION, STATE_DIR, ShardJob, ShardResult
+from pipelines.data.shard_writer import (
+    SHARD_FORMAT_VERSION,
+    STATE_DIR,
+    ShardResult,
+    ShardWriteSettings,
+)
 from pipelines.data.sources import Rejected, build_source
 from pipelines.data.write_plan import VAL, ShardPlan, make_plan
 from pipelines.errors import DataError
@@ -39,7 +44,7 @@ def encode_options(section: ShardSection) -> EncodeOptions:
     )
 
 
-def prepare(section: ShardSection) -> tuple[ShardJob, ShardPlan]:
+def prepare(section: ShardSection) -> tuple[ShardWriteSettings, ShardPlan]:
     """Build and index the source and plan every shard (driver side, deterministic)."""
     source = build_source(section.source)
     index = source.index()
@@ -62,7 +67,7 @@ def prepare(section: ShardSection) -> tuple[ShardJob, ShardPlan]:
             "encode": options.describe(),
         },
     )
-    return ShardJob(locate(section.output), source, plan.classes, options), plan
+    return ShardWriteSettings(locate(section.output), source, plan.classes, options), plan
 
 
 def begin(output: Location, plan: ShardPlan) -> None:
@@ -81,7 +86,7 @@ def begin(output: Location, plan: ShardPlan) -> None:
 
 
 def finish(
-    job: ShardJob, plan: ShardPlan, results: list[ShardResult], section: ShardSection
+    job: ShardWriteSettings, plan: ShardPlan, results: list[ShardResult], section: ShardSection
 ) -> tuple[Manifest, list[Rejected]]:
     """Remove shards the plan no longer has, write `rejected.parquet` and `manifest.json`."""
     output = job.output

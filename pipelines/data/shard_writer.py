@@ -1,7 +1,7 @@
 """Writing one shard: load its samples, prepare each image, build the tar, write it atomically.
 
 Pure (no Ray) so it runs and is tested in one process; `launch/stages/shard.py` runs `write_shard`
-as Ray tasks. The bytes of a shard depend only on its `ShardTask` and the `ShardJob` settings:
+as Ray tasks. The bytes of a shard depend only on its `ShardTask` and the `ShardWriteSettings` settings:
 
 - tar: USTAR, members in sample order and per sample `.cls`, `.json`, then the image (`.jpg` or
   `.png`); every member mode 0o444, mtime 0, uid/gid 0, empty user/group names;
@@ -73,7 +73,7 @@ def tar_bytes(samples: Iterable[ShardSample]) -> bytes:
 
 
 @dataclass(frozen=True)
-class ShardJob:
+class ShardWriteSettings:
     """What every shard task needs besides its `ShardTask`; sent to the workers once."""
 
     output: Location
@@ -128,7 +128,7 @@ def build_shard(
     return data, len(samples), tuple(rejected)
 
 
-def write_shard(job: ShardJob, task: ShardTask) -> ShardResult:
+def write_shard(job: ShardWriteSettings, task: ShardTask) -> ShardResult:
     """Write one shard (or skip it when a verified copy is already there)."""
     started, cpu_started = time.perf_counter(), time.process_time()
     previous = verified_state(job.output, task)

@@ -50,7 +50,7 @@ MAX_CLASSES_FILE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
-class IndexJob:
+class IndexSettings:
     """What every index task needs besides its shard; sent to the workers once."""
 
     output: Location
@@ -93,7 +93,7 @@ class ShardIndex:
 
 @dataclass(frozen=True)
 class IndexPlan:
-    job: IndexJob
+    job: IndexSettings
     tasks: tuple[IndexTask, ...]
     roots: dict[str, str]  # split -> shards_root as the manifest records it
     source: dict[str, Any]
@@ -141,7 +141,7 @@ def plan_index(section: ShardSection, max_member_bytes: int) -> IndexPlan:
         splits["train"], splits["val"] = _split_by_shards(
             train_root, train_names, section.val_fraction, section.seed
         )
-    job = IndexJob(
+    job = IndexSettings(
         locate(section.output),
         source.label_key,
         _read_classes(source.classes_file),
@@ -206,7 +206,7 @@ class _HashingReader:
             pass
 
 
-def index_shard(job: IndexJob, task: IndexTask) -> ShardIndex:
+def index_shard(job: IndexSettings, task: IndexTask) -> ShardIndex:
     """Index one shard (or reuse its result when the shard's size and mtime are unchanged)."""
     started = time.perf_counter()
     shard = task.root.join(task.name)
@@ -258,7 +258,7 @@ def index_shard(job: IndexJob, task: IndexTask) -> ShardIndex:
 
 
 def _problem(
-    fields: dict[str, bytes], job: IndexJob, classes: dict[str, int]
+    fields: dict[str, bytes], job: IndexSettings, classes: dict[str, int]
 ) -> tuple[str, str] | None:
     """(reason, detail) when the sample is not usable for training, else None."""
     if image_field(fields) is None:
@@ -274,7 +274,7 @@ def _problem(
     return None
 
 
-def _state_file(job: IndexJob, task: IndexTask) -> Location:
+def _state_file(job: IndexSettings, task: IndexTask) -> Location:
     return job.output.join(*STATE_DIR.split("/"), task.split, f"{task.name}.json")
 
 
@@ -284,7 +284,7 @@ def _to_json(result: ShardIndex) -> dict[str, Any]:
     return data
 
 
-def _load_state(state: Location, job: IndexJob, stamp: list) -> ShardIndex | None:
+def _load_state(state: Location, job: IndexSettings, stamp: list) -> ShardIndex | None:
     try:
         record = json.loads(state.read_bytes())
         if record["settings"] != job.fingerprint or record["stamp"] != stamp:
@@ -339,7 +339,7 @@ def finish_index(plan: IndexPlan, results: list[ShardIndex]) -> tuple[Manifest, 
     return manifest, rejected
 
 
-def _classes(job: IndexJob, results: list[ShardIndex]) -> tuple[str, ...]:
+def _classes(job: IndexSettings, results: list[ShardIndex]) -> tuple[str, ...]:
     if job.classes is not None:
         return job.classes
     values = {value for result in results for value, _ in result.labels}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipelines.config import JobConfig
+from pipelines.config import StageConfig
 from pipelines.data.loader import ShardLoader
 from pipelines.data.manifest import Manifest, read_manifest
 from pipelines.distributed import DistContext
@@ -29,7 +29,7 @@ class EvalTarget:
 
 
 def eval_target(
-    model: nn.Module, config: JobConfig, *, classify: bool | None, fewshot: bool
+    model: nn.Module, config: StageConfig, *, classify: bool | None, fewshot: bool
 ) -> EvalTarget:
     """The val shards (`data.val_shards`, else `data.train_shards`); classification needs the
     model's class count to match them, else only the few-shot probe is possible."""
@@ -54,12 +54,12 @@ def eval_target(
     return EvalTarget(root, manifest, classify)
 
 
-def eval_device(config: JobConfig) -> torch.device:
+def eval_device(config: StageConfig) -> torch.device:
     return torch.device("cuda" if config.cluster.use_gpu and torch.cuda.is_available() else "cpu")
 
 
 def classify_on_shards(
-    model: nn.Module, config: JobConfig, root: str, *, wrap: Wrap | None = None
+    model: nn.Module, config: StageConfig, root: str, *, wrap: Wrap | None = None
 ) -> EvalResult:
     """Top-1/top-5/loss and the confusion matrix over every val sample exactly once."""
     device = next(model.parameters()).device

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.distributed import DistContext
-from pipelines.train.losses import topk_correct
 
 
 @dataclass(frozen=True)
@@ -85,3 +84,14 @@ def evaluate(
         )
     n = max(count, 1.0)
     return EvalResult(top1_sum / n, top5_sum / n, loss_sum / n, int(count), matrix)
+
+
+@torch.no_grad()
+def topk_correct(
+    logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> list[torch.Tensor]:
+    """Per-sample hit (0/1) for each k; k is capped at the class count."""
+    kmax = min(max(ks), logits.shape[-1])
+    top = logits.topk(kmax, dim=-1).indices
+    hits = top.eq(labels.unsqueeze(-1))
+    return [hits[:, : min(k, kmax)].any(dim=-1).float() for k in ks]

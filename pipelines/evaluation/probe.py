@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pipelines.config import JobConfig
+from pipelines.config import StageConfig
 from pipelines.data.loader import ShardLoader
 from pipelines.distributed import DistContext
 from pipelines.evaluation.features import extract_features, gather_features
@@ -18,7 +18,7 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 def fewshot_on_shards(
     features: FeatureFn | torch.nn.Module,
-    config: JobConfig,
+    config: StageConfig,
     root: str,
     *,
     ctx: DistContext,

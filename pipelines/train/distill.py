@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import vit_core
-from pipelines.config import DistillSection, JobConfig
+from pipelines.checkpoint.export import export_info, load_exported, save_model
+from pipelines.config import DistillSection, StageConfig
 from pipelines.data.manifest import read_manifest
 from pipelines.errors import CheckpointError, ConfigError
-from pipelines.export import export_info, load_exported, save_model
 from pipelines.train.losses import classification_loss
 from vit_core.convert.hf_dir import read_weight_file, weight_files
 
@@ -264,7 +264,7 @@ class DistillationLoss:
             raise ValueError(f"kind={self.kind!r}: allowed values are ['hard', 'soft']")
 
     @classmethod
-    def from_config(cls, config: JobConfig) -> DistillationLoss:
+    def from_config(cls, config: StageConfig) -> DistillationLoss:
         d = config.distill
         if d is None:
             raise ValueError("DistillationLoss.from_config: the config has no distill section")
@@ -306,7 +306,7 @@ class DistillationLoss:
         return base * (1 - self.alpha) + kd * self.alpha
 
 
-def runlocal_teacher(config: JobConfig, out: Path) -> JobConfig:
+def runlocal_teacher(config: StageConfig, out: Path) -> StageConfig:
     """`runlocal` of a distillation recipe: its teacher (a large model in a file on a cluster)
     becomes a tiny, randomly initialised ViT export in `out`, predicting the local shards'
     classes at the student's image size, so the recipe's distillation still runs."""

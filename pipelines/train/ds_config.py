@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import vit_core
-from pipelines.config import JobConfig
+from pipelines.config import StageConfig
 from pipelines.train.optim import uses_cpu_adam
 
 # DeepSpeed's own bucket default (5e8 elements) is larger than ViT-B/L/H: the first reduction
@@ -21,7 +21,7 @@ MAX_BUCKET = 500_000_000
 
 
 def deepspeed_config(
-    config: JobConfig,
+    config: StageConfig,
     world_size: int,
     *,
     load_universal: bool = False,
@@ -80,7 +80,7 @@ def deepspeed_config(
     return out
 
 
-def overlap_comm(config: JobConfig) -> bool:
+def overlap_comm(config: StageConfig) -> bool:
     """Gradient reduction on DeepSpeed's side stream, overlapping the backward pass. DeepSpeed
     turns it on by default for ZeRO-3 only; for ZeRO-1 that means the whole reduction runs on
     the compute stream after the backward. On a GPU it pays at every stage (its cost is ~4.5x a
@@ -110,7 +110,7 @@ def bf16_layout(ds_config: dict[str, Any]) -> str:
     return "zero" if stage >= 1 else "plain"
 
 
-def _model_size(config: JobConfig, model: nn.Module | None) -> tuple[int, int]:
+def _model_size(config: StageConfig, model: nn.Module | None) -> tuple[int, int]:
     """(parameters, width) of the model, or of the `model:` section's when none is given."""
     if model is None:
         with torch.device("meta"):

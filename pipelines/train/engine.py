@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.config import JobConfig
+from pipelines.checkpoint.safe_load import vet_folder, weights_only_loads
+from pipelines.config import StageConfig
 from pipelines.distributed import DistContext
 from pipelines.layout import DEEPSPEED_CONFIG_IN_CHECKPOINT
 from pipelines.train.ds_config import deepspeed_config
 from pipelines.train.fast_path import FastPath
 from pipelines.train.optim import build_optimizer, uses_cpu_adam
-from pipelines.train.safe_load import vet_folder, weights_only_loads
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -23,7 +23,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class DeepSpeedEngine:
     def __init__(
         self,
-        config: JobConfig,
+        config: StageConfig,
         model: nn.Module,
         ctx: DistContext,
         *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.config import JobConfig
+from pipelines.config import StageConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -16,7 +16,7 @@ class FastPath:
     prefetch: bool
 
     @classmethod
-    def resolve(cls, config: JobConfig, *, on_gpu: bool) -> FastPath:
+    def resolve(cls, config: StageConfig, *, on_gpu: bool) -> FastPath:
         train = config.train
         fp32_weights = config.deepspeed.precision == "fp32"
         return cls(

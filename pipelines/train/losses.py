@@ -25,14 +25,3 @@ def classification_loss(
         per_class = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         return per_class.sum(dim=-1).mean()
     raise ValueError(f"loss {kind!r} is not supported; allowed: softmax_ce, sigmoid_bce")
-
-
-@torch.no_grad()
-def topk_correct(
-    logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
-) -> list[torch.Tensor]:
-    """Per-sample hit (0/1) for each k; k is capped at the class count."""
-    kmax = min(max(ks), logits.shape[-1])
-    top = logits.topk(kmax, dim=-1).indices
-    hits = top.eq(labels.unsqueeze(-1))
-    return [hits[:, : min(k, kmax)].any(dim=-1).float() for k in ks]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 import vit_core
-from pipelines.model_sources import load_source_model
+from pipelines.checkpoint.model_sources import load_source_model
 from pipelines.train.request import TrainRequest
 from vit_core import ViTConfig
 

@@ -9,7 +9,7 @@ import re
 import torch
 from torch import nn
 
-from pipelines.config import JobConfig, OptimSection
+from pipelines.config import OptimSection, StageConfig
 
 _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _STEM_PREFIXES = ("cls_token", "pos_embed", "patch_embed")
@@ -47,7 +47,7 @@ def param_groups(model: nn.Module, optim: OptimSection) -> list[dict]:
     return [groups[key] for key in sorted(groups)]
 
 
-def uses_cpu_adam(config: JobConfig) -> bool:
+def uses_cpu_adam(config: StageConfig) -> bool:
     """ZeRO-Offload of Adam/AdamW steps on the CPU through DeepSpeed's CPUAdam (AVX kernels;
     torch's CPU AdamW is several times slower there); offloaded SGD stays torch's."""
     return config.deepspeed.offload_optimizer and config.optim.name in ("adam", "adamw")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipelines.config import JobConfig
+from pipelines.config import StageConfig
 from pipelines.run_storage import RunDir
 from pipelines.tracking.mlflow_run import TrackingTarget
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainRequest:
-    config: JobConfig
+    config: StageConfig
     run_dir: str  # run storage: a local path, a shared filesystem path or a URI
     stage: str = "pretrain"
     resume: str = "auto"  # auto | never | a checkpoint path

@@ -27,7 +27,7 @@ from pipelines.evaluation.probe import fewshot_on_shards
 from pipelines.layout import SAMPLE_KEYS_DIR, STOP_REQUEST, sample_keys_name, sample_keys_rank
 from pipelines.numerics import numerics_info
 from pipelines.seeds import mix_seed
-from pipelines.train.checkpoint import Checkpointer, Progress
+from pipelines.train.checkpointer import Checkpointer, Progress
 from pipelines.train.distill import DistillationLoss, Teacher, check_student, load_teacher
 from pipelines.train.engine import DeepSpeedEngine
 from pipelines.train.fast_path import FastPath

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from launch.ports import free_loopback_port
+from launch.processes.ports import free_loopback_port
 
 pytestmark = pytest.mark.gpu
 MODEL = {"img_size": 64, "patch_size": 8, "dim": 192, "depth": 4, "num_heads": 3, "num_classes": 10}

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.config import JobConfig
+from pipelines.config import StageConfig
 from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.counters import LoaderCounters
 from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
@@ -155,7 +155,7 @@ class ShardLoader:
     @classmethod
     def from_config(
         cls,
-        config: JobConfig,
+        config: StageConfig,
         ctx: DistContext,
         split: str,
         *,

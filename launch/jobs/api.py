@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipelines.config import JobConfig
+from pipelines.config import StageConfig
 from pipelines.errors import ConfigError, VitpipeError
 
 CONFIG_NAME = "config.resolved.yaml"
@@ -38,7 +38,7 @@ PROBE_TIMEOUT_S = 10.0
 # How long `vitpipe jobs stop` gives a job between SIGTERM and SIGKILL (Ray's default is 3 s):
 # time for a driver that turns SIGTERM into "checkpoint at the next step" to finish that.
 STOP_GRACE_S = 300
-# The job's own settings; nothing here may also be set by `launch.ray_cluster.connect` in the
+# The job's own settings; nothing here may also be set by `launch.processes.ray_cluster.connect` in the
 # job's driver (PYTHONPATH, MLFLOW_HTTP_*): Ray refuses to merge the same key twice.
 JOB_ENV = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
 
@@ -148,7 +148,7 @@ def _sdk_reason(err: BaseException) -> str:
     return f"{reason} (HTTP {status.group(1)})" if status else reason
 
 
-def default_job_id(config: JobConfig, stage: str) -> str:
+def default_job_id(config: StageConfig, stage: str) -> str:
     return default_job_id_for(config.name, stage)
 
 

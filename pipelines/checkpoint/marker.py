@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipelines.checkpoint.rank_state import legacy_name
 from pipelines.errors import CheckpointError
 from pipelines.layout import MARKER
 from pipelines.storage import Location, locate
-from pipelines.train.rank_state import legacy_name
 from pipelines.transfer import file_digest
 
 FORMAT = 2

@@ -1,7 +1,7 @@
 """Connecting to Ray: a local, loopback-only Ray by default, or an existing cluster.
 
 Ray's dashboard and Jobs API have no authentication (ShadowRay, CVE-2023-48022), so a local
-Ray is bound to 127.0.0.1 whatever the environment (`launch/loopback.py`) and started fresh
+Ray is bound to 127.0.0.1 whatever the environment (`launch/processes/loopback.py`) and started fresh
 (`address="local"`), never joined by accident.
 """
 
@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from launch.loopback import LOOPBACK, prepare_ray, worker_env
+from launch.processes.loopback import LOOPBACK, prepare_ray, worker_env
 from pipelines.config import ClusterSection
 from pipelines.errors import VitpipeError
 

@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import CheckpointError
-from pipelines.export import load_checkpoint_model, load_exported
-from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT
-from pipelines.storage import locate
-from pipelines.train.checkpoint_files import (
+from pipelines.checkpoint.export import load_checkpoint_model, load_exported
+from pipelines.checkpoint.files import (
     check_loadable,
     is_checkpoint_dir,
     local_copy,
     open_checkpoint,
 )
+from pipelines.errors import CheckpointError
+from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT
+from pipelines.storage import locate
 from pipelines.transfer import download_dir
 from vit_core import load_hf_dir
 

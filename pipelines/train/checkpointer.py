@@ -17,27 +17,27 @@ from typing import Any
 
 import torch
 
-from pipelines.config import JobConfig
-from pipelines.config.model import architecture_changes
-from pipelines.distributed import DistContext
-from pipelines.errors import CheckpointError
-from pipelines.layout import checkpoint_tag
-from pipelines.seeds import rank_seed, resharded_rank_seed
-from pipelines.storage import Location
-from pipelines.train import checkpoint_files as files
-from pipelines.train import marker as markers
-from pipelines.train.checkpoint_files import Checkpoint
-from pipelines.train.checkpoint_store import CheckpointStore
-from pipelines.train.distill import check_same_teacher, teacher_identity
-from pipelines.train.rank_state import (
+from pipelines.checkpoint import files
+from pipelines.checkpoint import marker as markers
+from pipelines.checkpoint.files import Checkpoint
+from pipelines.checkpoint.rank_state import (
     rank_state_files,
     read_rank_state,
     rng_state,
     set_rng_state,
     write_rank_state,
 )
+from pipelines.checkpoint.store import CheckpointStore
+from pipelines.checkpoint.universal import convert_to_universal, universal_location
+from pipelines.config import StageConfig
+from pipelines.config.model import architecture_changes
+from pipelines.distributed import DistContext
+from pipelines.errors import CheckpointError
+from pipelines.layout import checkpoint_tag
+from pipelines.seeds import rank_seed, resharded_rank_seed
+from pipelines.storage import Location
+from pipelines.train.distill import check_same_teacher, teacher_identity
 from pipelines.train.request import TrainRequest
-from pipelines.train.universal import convert_to_universal, universal_location
 from vit_core import ViTConfig
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Checkpointer:
         self.request = request
         self.ctx = ctx
         self.store = CheckpointStore.for_rank(request.files(ctx.node_id), ctx.rank)
-        self._config: JobConfig = request.config
+        self._config: StageConfig = request.config
         distill = request.config.distill
         self._teacher = teacher_identity(distill) if distill is not None else None
         self._meta = self._static_meta(architecture, classes)

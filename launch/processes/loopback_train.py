@@ -1,5 +1,5 @@
 """Ray Train's torch backend for local mode: the same process group, but the ranks meet through a
-`FileStore` (no TCPStore, which would listen on every interface); see `launch/loopback.py`.
+`FileStore` (no TCPStore, which would listen on every interface); see `launch/processes/loopback.py`.
 Imported only where Ray Train is used."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch.distributed as dist
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _TorchBackend
 
-from launch.loopback import LOOPBACK, file_init_method
-from launch.ports import free_loopback_port
+from launch.processes.loopback import LOOPBACK, file_init_method
+from launch.processes.ports import free_loopback_port
 
 
 def join_process_group(

@@ -17,10 +17,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from pipelines.checkpoint import marker as markers
+from pipelines.checkpoint.files import Checkpoint
+from pipelines.checkpoint.safe_load import vet_folder, weights_only_loads
 from pipelines.layout import UNIVERSAL_DIR
-from pipelines.train import marker as markers
-from pipelines.train.checkpoint_files import Checkpoint
-from pipelines.train.safe_load import vet_folder, weights_only_loads
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.config import ClusterSection, JobConfig
+from pipelines.config import ClusterSection, StageConfig
 from pipelines.errors import DataError, VitpipeError
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
@@ -58,7 +58,7 @@ class Placement:
 
 
 def worker_bundle(cluster: ClusterSection) -> dict[str, float]:
-    """The resources one training worker asks Ray for (`launch.workers.run_ray` asks this)."""
+    """The resources one training worker asks Ray for (`launch.processes.launchers.run_ray` asks this)."""
     bundle = {"CPU": cluster.cpus_per_worker, **cluster.resources_per_worker}
     if cluster.use_gpu:
         bundle.setdefault("GPU", 1)
@@ -165,7 +165,7 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def describe_plan(config: JobConfig, placement: Placement) -> str:
+def describe_plan(config: StageConfig, placement: Placement) -> str:
     """The plan as the driver prints it: nodes, workers per node, global batch, steps/epoch."""
     world = placement.workers
     t = config.train
@@ -183,7 +183,7 @@ def describe_plan(config: JobConfig, placement: Placement) -> str:
     return "\n".join(lines)
 
 
-def _steps_per_epoch(config: JobConfig, world: int, accum: int) -> str:
+def _steps_per_epoch(config: StageConfig, world: int, accum: int) -> str:
     # The manifest only: the driver must not import the loader (torch, torchvision) for this.
     from pipelines.data.manifest import read_manifest
 
@@ -264,7 +264,7 @@ def _autoscaler_runs() -> bool:
 
 
 def check_capacity(
-    config: JobConfig,
+    config: StageConfig,
     *,
     echo: Callable[[str], None] | None = None,
     view: ClusterView | None = None,

@@ -23,7 +23,7 @@ from pipelines.config.training import (
 from pipelines.errors import ConfigError
 
 
-class JobConfig(Section):
+class StageConfig(Section):
     name: str = Field("vitpipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     run_dir: str | None = Field(None, description="None: runs/<name>")
     model: ModelSection = ModelSection()
@@ -44,7 +44,7 @@ class JobConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _check_across_sections(self) -> JobConfig:
+    def _check_across_sections(self) -> StageConfig:
         problems = self._world_size_problems()
         if self.schedule.warmup_steps >= self.train.total_steps:
             problems.append(

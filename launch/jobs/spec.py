@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from launch.commands.common import absolute_resume
-from launch.jobs_api import CONFIG_NAME, CONSOLE_SCRIPT
+from launch.jobs.api import CONFIG_NAME, CONSOLE_SCRIPT
 from pipelines.config import dump_config, load_config
 from pipelines.config.paths import absolute, with_absolute_paths
 from pipelines.config.pipeline import load_pipeline, resolve_stages

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.checkpoint import files
+from pipelines.checkpoint.files import Checkpoint
+from pipelines.checkpoint.universal import CONVERTED, converted_files
 from pipelines.layout import CHECKPOINTS_DIR, UNIVERSAL_DIR, checkpoint_tag
 from pipelines.run_storage import RunDir
 from pipelines.storage import Location
-from pipelines.train import checkpoint_files as files
-from pipelines.train.checkpoint_files import Checkpoint
-from pipelines.train.universal import CONVERTED, converted_files
 from pipelines.transfer import FileDigest, download_dir, upload_dir, upload_many
 
 

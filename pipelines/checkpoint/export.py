@@ -22,17 +22,17 @@ from typing import Any
 import torch
 
 import vit_core
-from pipelines.errors import CheckpointError
-from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
-from pipelines.storage import locate
-from pipelines.train.checkpoint_files import (
+from pipelines.checkpoint.files import (
     Checkpoint,
     check_loadable,
     local_copy,
     open_checkpoint,
 )
-from pipelines.train.fp32_master import fp32_master_weights
-from pipelines.train.safe_load import safe_load, weights_only_loads
+from pipelines.checkpoint.fp32_master import fp32_master_weights
+from pipelines.checkpoint.safe_load import safe_load, weights_only_loads
+from pipelines.errors import CheckpointError
+from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
+from pipelines.storage import locate
 from pipelines.transfer import upload_dir
 
 FORMATS = ("safetensors", "timm", "hf")

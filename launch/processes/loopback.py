@@ -9,7 +9,7 @@ Ray's dashboard, Jobs API, GCS and raylet, and torch.distributed's TCPStore, are
   and the caller passes the node IP explicitly.
 - torch's TCPStore binds `::` (every interface) whatever MASTER_ADDR says, so local mode never
   starts one: ranks meet through a `FileStore` in a private temporary file
-  (`launch/loopback_train.py` for Ray Train, `file_init_method()` for one process), and gloo/NCCL
+  (`launch/processes/loopback_train.py` for Ray Train, `file_init_method()` for one process), and gloo/NCCL
   are pinned to the loopback interface (`GLOO_SOCKET_IFNAME`, `NCCL_SOCKET_IFNAME`).
 On a cluster none of this applies; NOTES/README list the ports to keep on a private network.
 """

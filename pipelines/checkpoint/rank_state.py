@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.checkpoint.safe_load import safe_load
 from pipelines.errors import CheckpointError
-from pipelines.train.safe_load import safe_load
 
 FORMAT = "vitpipe-rank-state"
 VERSION = 2

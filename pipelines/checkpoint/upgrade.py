@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.checkpoint import marker as markers
+from pipelines.checkpoint.rank_state import RngState, write_rank_state
+from pipelines.checkpoint.safe_load import ALLOWED_GLOBALS, safe_load, vet_file
 from pipelines.errors import CheckpointError
-from pipelines.train import marker as markers
-from pipelines.train.rank_state import RngState, write_rank_state
-from pipelines.train.safe_load import ALLOWED_GLOBALS, safe_load, vet_file
 
 _LEGACY_RANK = re.compile(r"^vitpipe_rank(\d{5})\.pt$")
 _ATOMS = (str, bytes, bytearray, int, float, bool, complex, type(None))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.checkpoint import marker as markers
+from pipelines.checkpoint.safe_load import vet_folder
 from pipelines.errors import CheckpointError
 from pipelines.layout import (
     CHECKPOINTS_DIR,
@@ -29,8 +31,6 @@ from pipelines.layout import (
     step_of_tag,
 )
 from pipelines.storage import Location, locate
-from pipelines.train import marker as markers
-from pipelines.train.safe_load import vet_folder
 from pipelines.transfer import FileDigest, download_many
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from launch.capacity import check_capacity, worker_bundle
-from launch.logs import configure_logging
-from launch.loopback import LOOPBACK, file_init_method, worker_env
-from launch.ports import free_loopback_port
-from pipelines.config import JobConfig
+from launch.processes.capacity import check_capacity, worker_bundle
+from launch.processes.loopback import LOOPBACK, file_init_method, worker_env
+from launch.processes.ports import free_loopback_port
+from launch.terminal.logs import configure_logging
+from pipelines.config import StageConfig
 from pipelines.distributed import DistContext
 from pipelines.errors import VitpipeError
 from pipelines.layout import WORKER_RESULT
@@ -37,7 +37,7 @@ def is_driver(launcher: str) -> bool:
     return launcher == "ray" or int(os.environ.get("RANK", "0")) == 0
 
 
-def world_size(launcher: str, config: JobConfig) -> int:
+def world_size(launcher: str, config: StageConfig) -> int:
     if launcher == "ray":
         return config.cluster.num_workers
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -104,7 +104,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from launch.loopback_train import LoopbackTorchConfig, ray_is_loopback_only
+    from launch.processes.loopback_train import LoopbackTorchConfig, ray_is_loopback_only
 
     check_capacity(request.config)  # fail in seconds when the cluster can never fit it
     cluster = request.config.cluster
