@@ -9,12 +9,12 @@ from typing import Any
 
 from launch.processes.launchers import LAUNCHERS
 from pipelines.config import StageConfig, load_config
-from pipelines.config.paths import absolute, with_absolute_paths
+from pipelines.config.paths import with_absolute_paths
 from pipelines.layout import SUMMARY
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", required=True, help="job config (YAML)")
+    parser.add_argument("-c", "--config", required=True, help="config file (YAML)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -63,21 +63,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_job(args: argparse.Namespace) -> StageConfig:
-    """The job config of `-c/--set` (and `--runlocal`), with every path absolute."""
+def load_stage_config(args: argparse.Namespace) -> StageConfig:
+    """The stage config of `-c/--set` (and `--runlocal`), with every path absolute."""
     overrides = list(args.overrides)
     if getattr(args, "runlocal", False):
         overrides.append("runlocal=true")
     config = load_config(args.config, overrides)
     return with_absolute_paths(config, getattr(args, "run_dir", None))
-
-
-def absolute_resume(resume: str) -> str:
-    return resume if resume in ("auto", "never") else absolute(resume)
-
-
-def absolute_source(path: str) -> str:
-    return absolute(path)
 
 
 def print_result(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> int:

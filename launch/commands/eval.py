@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 
 from launch.commands.common import (
-    absolute_source,
     add_config_args,
     add_from_arg,
     add_run_dir_args,
-    load_job,
+    load_stage_config,
     print_result,
 )
 from launch.stages.evaluate import run_eval_stage
+from pipelines.config.paths import absolute
 
 NAME = "eval"
 HELP = "evaluate a model (top-1/top-5, per class, confusion matrix; --fewshot K,K)"
@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary = run_eval_stage(
-        load_job(args),
-        source=absolute_source(args.source),
+        load_stage_config(args),
+        source=absolute(args.source),
         fewshot=args.fewshot,
         progress=not args.no_progress,
     )

@@ -6,15 +6,14 @@ from __future__ import annotations
 import argparse
 
 from launch.commands.common import (
-    absolute_resume,
-    absolute_source,
     add_config_args,
     add_from_arg,
     add_training_args,
-    load_job,
+    load_stage_config,
     print_result,
 )
 from launch.stages.finetune import run_finetune_stage
+from pipelines.config.paths import absolute, absolute_resume
 
 NAME = "finetune"
 HELP = "fine-tune a pretrained ViT (export, checkpoint or Hugging Face dir) on a downstream set"
@@ -36,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary = run_finetune_stage(
-        load_job(args),
-        init_from=absolute_source(args.source),
+        load_stage_config(args),
+        init_from=absolute(args.source),
         resume=absolute_resume(args.resume),
         launcher=args.launcher,
         progress=not args.no_progress,

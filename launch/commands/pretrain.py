@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from launch.commands.common import (
-    absolute_resume,
     add_config_args,
     add_training_args,
-    load_job,
+    load_stage_config,
     print_result,
 )
 from launch.stages.training import run_training_stage
+from pipelines.config.paths import absolute_resume
 
 NAME = "pretrain"
 HELP = "pretrain a ViT on shards (DeepSpeed ZeRO on Ray workers)"
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary = run_training_stage(
-        load_job(args),
+        load_stage_config(args),
         stage="pretrain",
         resume=absolute_resume(args.resume),
         launcher=args.launcher,

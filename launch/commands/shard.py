@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from launch.commands.common import add_config_args, load_job
+from launch.commands.common import add_config_args, load_stage_config
 from launch.stages.shard import format_summary, run_shard
 
 NAME = "shard"
@@ -17,6 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_shard(load_job(args), progress=not args.no_progress)
+    summary = run_shard(load_stage_config(args), progress=not args.no_progress)
     print(format_summary(summary))
     return 0

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from launch.commands.common import absolute_resume
 from launch.jobs.api import CONFIG_NAME, CONSOLE_SCRIPT
 from pipelines.config import dump_config, load_config
-from pipelines.config.paths import absolute, with_absolute_paths
+from pipelines.config.paths import absolute, absolute_resume, with_absolute_paths
 from pipelines.config.pipeline import load_pipeline, resolve_stages
 from pipelines.errors import ConfigError
 

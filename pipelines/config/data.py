@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config.base import Section, Seed
 from pipelines.config.model import MAX_IMG_SIZE
 from pipelines.data.labels import LABEL_KEY_PATTERN
 from pipelines.errors import ConfigError
+from pipelines.section import Section, Seed
 
 SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits", "webdataset", "glyphs"]
 _KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipelines.config.base import Section
+from pipelines.section import Section
 
 
 class DistillSection(Section):

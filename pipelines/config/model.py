@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 import vit_core
-from pipelines.config.base import Section
+from pipelines.section import Section
 
 # Beyond these a value is a typo, not a model anyone trains (ViT-22B: dim 6144, depth 48); vit_core
 # owns what a valid model is, these only stop a typo from allocating terabytes.

@@ -26,6 +26,11 @@ def absolute(value: str | None, base: Path | None = None) -> str | None:
     return str(((base or Path.cwd()) / os.path.expanduser(value)).resolve())
 
 
+def absolute_resume(resume: str) -> str:
+    """`--resume`: `auto` and `never` as they are, a checkpoint path made absolute."""
+    return resume if resume in ("auto", "never") else absolute(resume)
+
+
 def with_absolute_paths(
     config: StageConfig, run_dir: Path | str | None = None, base: Path | None = None
 ) -> StageConfig:

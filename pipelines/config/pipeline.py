@@ -22,12 +22,12 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from pipelines.config.base import Section
 from pipelines.config.loader import _describe, apply_overrides, config_from_dict, read_yaml
 from pipelines.config.paths import absolute, with_absolute_paths
 from pipelines.config.stage import StageConfig
 from pipelines.config.transfer import TransferRun, TransferSection, deep_merge, transfer_runs
 from pipelines.errors import ConfigError
+from pipelines.section import Section
 from pipelines.storage import Location, locate
 
 STAGES = ("pretrain", "finetune")

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, model_serializer, model_validator
 
-from pipelines.config.base import Section
+from pipelines.section import Section
 
 
 class TrackingSection(Section):

@@ -7,7 +7,6 @@ import json
 
 from pydantic import Field, model_validator
 
-from pipelines.config.base import Section
 from pipelines.config.data import AugmentSection, DataSection, ShardSection
 from pipelines.config.distill import DistillSection
 from pipelines.config.model import ModelSection
@@ -21,6 +20,7 @@ from pipelines.config.training import (
     TrainSection,
 )
 from pipelines.errors import ConfigError
+from pipelines.section import Section
 
 
 class StageConfig(Section):

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config.base import Section, Seed
 from pipelines.config.model import MAX_IMG_SIZE
+from pipelines.section import Section, Seed
 
 MAX_GLOBAL_BATCH = 2**20  # samples per optimizer step: 16x the largest ViT recipes
 

@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipelines.config.base import Section
 from pipelines.config.loader import config_from_dict
 from pipelines.config.stage import StageConfig
 from pipelines.errors import ConfigError
+from pipelines.section import Section
 
 INITS = ("pretrained", "scratch")
 ALL = "all"

@@ -1,4 +1,6 @@
-"""The base every config section derives from: frozen, strict, no unknown keys.
+"""The base every config section derives from: frozen, strict, no unknown keys. It sits outside
+`config/` so that a section kept beside the component it configures (each input source) derives
+from it without importing the whole config package.
 
 Strict mode is deliberate: PyYAML reads `3e-4` as the string "3e-4" and `no` as False; with
 lax coercion those would silently become numbers or strings, so we reject them with a hint.
