@@ -3,7 +3,7 @@
 A shard is read front to back in tarfile stream mode ('r|') over `Location.open_regular()`, so
 the same code serves local files and object stores with sequential reads. Samples are grouped
 exactly as the `webdataset` library groups them (pinned sample by sample by
-tests/test_wds_index.py on shards written by `webdataset.ShardWriter`):
+tests/e2e/test_wds_index.py on shards written by `webdataset.ShardWriter`):
 
 - only regular members count; `__*__` metadata members are skipped;
 - a member name splits at the first dot of its base name: `dir/n0153.v2.JPG` is key

@@ -36,7 +36,7 @@ sys.exit(code)
 
 def _env() -> dict[str, str]:
     env = child_env()  # torchrun and the local launcher pick their own rendezvous
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
     return env
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from train_fixtures import child_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from shard_fixtures import write_shard_set
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--models", "vit_tiny_patch16_32:depth=2", "--batch", "4", "--steps", "2"]
 TINY += ["--windows", "1", "--warmup", "1", "--threads", "1"]
 BANNED = {"ray", "deepspeed", "mlflow", "webdataset"}

@@ -13,7 +13,7 @@ from pipelines.config import load_config
 
 pytestmark = pytest.mark.slow
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 PRETRAIN = sorted((CONFIGS / "pretrain").glob("*.yaml"))
 FINETUNE = sorted((CONFIGS / "finetune").glob("*.yaml"))
 

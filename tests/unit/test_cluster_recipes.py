@@ -15,7 +15,7 @@ import yaml
 
 from pipelines.config import config_from_dict
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "launch" / "cluster"
 LAUNCHER = ("aws.yaml", "gcp.yaml")
 VERSION = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)

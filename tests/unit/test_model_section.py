@@ -14,7 +14,7 @@ from pipelines.config import config_from_dict
 from pipelines.config.model import ModelSection, architecture_changes
 from pipelines.errors import ConfigError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "ckpt_v0_1" / "checkpoints" / "step_0000004"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "ckpt_v0_1" / "checkpoints" / "step_0000004"
 TINY = {"name": "vit_tiny_patch16", "img_size": 32, "patch_size": 4, "dim": 64, "depth": 2,
         "num_heads": 2}  # fmt: skip
 
@@ -122,7 +122,7 @@ def test_the_deit_recipe_builds_deit_s_distilled_with_table_9_settings() -> None
 
     from pipelines.config import load_config
 
-    job = load_config(Path(__file__).parent.parent / "configs" / "pretrain" / "deit_s16_i1k.yaml")
+    job = load_config(Path(__file__).parents[2] / "configs" / "pretrain" / "deit_s16_i1k.yaml")
     built = job.model.vit_config(1000, loss=job.train.loss)
     assert built == vit_core.model_config("deit_small_distilled_patch16_224", drop_path_rate=0.1)
     with torch.device("meta"):

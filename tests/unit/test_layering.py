@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pipelines
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Bottom to top. A module belongs to the stage of the longest prefix that names it; it may
 # import its own stage and the stages below.

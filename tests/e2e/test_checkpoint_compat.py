@@ -21,7 +21,7 @@ from train_fixtures import train_losses
 
 pytestmark = pytest.mark.slow
 
-FIXTURE = Path(__file__).parent / "fixtures" / "ckpt_v0_1"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "ckpt_v0_1"
 
 
 def test_a_0_1_checkpoint_resumes_to_the_same_losses_and_weights(tmp_path, ray_local):

@@ -25,7 +25,7 @@ from train_fixtures import tiny_job, write_yaml
 
 pytestmark = pytest.mark.slow
 
-SHARDS = Path(__file__).parent / "fixtures" / "ckpt_v0_1" / "shards"
+SHARDS = Path(__file__).parents[1] / "fixtures" / "ckpt_v0_1" / "shards"
 UNSET = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 

@@ -15,7 +15,7 @@ from pipelines.errors import ConfigError
 
 from train_fixtures import tiny_job, write_yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

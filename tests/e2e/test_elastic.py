@@ -82,7 +82,7 @@ def test_losing_a_node_continues_on_the_rest(fractal_shards, tmp_path):
         capture_output=True,
         text=True,
         timeout=900,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stderr[-4000:]

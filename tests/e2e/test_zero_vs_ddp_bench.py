@@ -15,7 +15,7 @@ import pytest
 
 from train_fixtures import child_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("ddp", "zero0", "zero1", "zero2", "zero3")
 TINY = ["--nprocs", "2", "--steps", "2", "--rounds", "1", "--warmup", "1", "--img-size", "32"]
 TINY += ["--depth", "1", "--dim", "48", "--micro-batch", "2", "--num-classes", "10"]

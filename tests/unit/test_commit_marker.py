@@ -13,7 +13,7 @@ import torch
 
 from launch.cli import main
 
-FIXTURE = Path(__file__).parent / "fixtures" / "ckpt_v0_1" / "checkpoints" / "step_0000004"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "ckpt_v0_1" / "checkpoints" / "step_0000004"
 
 
 def fake_checkpoint(folder: Path, world_size: int = 2) -> list[dict]:

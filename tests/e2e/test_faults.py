@@ -20,7 +20,7 @@ from train_fixtures import as_config, summary, tiny_job, train_losses, write_yam
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _env() -> dict[str, str]:

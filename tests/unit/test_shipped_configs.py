@@ -12,7 +12,7 @@ from pipelines.config.loader import read_yaml
 from pipelines.config.pipeline import is_pipeline, load_pipeline
 from vit_core import create_model, flops
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
 
 

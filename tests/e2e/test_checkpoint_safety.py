@@ -25,7 +25,7 @@ from pipelines.errors import CheckpointError
 
 # The end-to-end test imports only what vitpipe 0.1 had, so that it runs (and fails) there too.
 
-FIXTURE = Path(__file__).parent / "fixtures" / "ckpt_v0_1"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "ckpt_v0_1"
 STEP = "step_0000004"
 
 
