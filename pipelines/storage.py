@@ -214,8 +214,7 @@ class _AtomicWriter:
         if in_place:
             self._tmp = None
         else:
-            suffix = uuid.uuid4().hex[:8]
-            self._tmp = f"{parent}/.{name}.tmp-{suffix}" if parent else f".{name}.tmp-{suffix}"
+            self._tmp = f"{parent}/{temp_name(name)}" if parent else temp_name(name)
         self._stream = None
 
     def __enter__(self):
@@ -261,6 +260,21 @@ def _file_kind(mode: int) -> str:
         if test(mode):
             return name
     return "special file"
+
+
+def temp_name(name: str) -> str:
+    """The hidden sibling name a file is written under before it is moved into place: unique
+    per writer, so two writers never share one, and skipped by every listing of ours."""
+    return f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def temp_sibling(path: Path) -> Path:
+    return path.with_name(temp_name(path.name))
+
+
+def as_location(path: str | os.PathLike | Location) -> Location:
+    """A `Location` for what callers may hold: a Location already, a local path or a URI."""
+    return path if isinstance(path, Location) else locate(os.fspath(path))
 
 
 def locate(uri: str) -> Location:

@@ -140,7 +140,7 @@ def make_loader(
     """A ShardLoader with test-sized defaults, built as every call site builds one
     (`ShardLoader.from_config`); imported lazily to keep this module light."""
     from pipelines.config import config_from_dict
-    from pipelines.data.loader import ShardLoader
+    from pipelines.data.loader.shard_loader import ShardLoader
     from pipelines.distributed import DistContext
 
     config = config_from_dict(

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import ClusterSection, StageConfig
+from pipelines.data.loader.read_plan import Topology, train_batches_per_rank
+from pipelines.data.manifest import read_manifest
 from pipelines.errors import DataError, VitpipeError
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
@@ -184,9 +186,6 @@ def describe_plan(config: StageConfig, placement: Placement) -> str:
 
 
 def _steps_per_epoch(config: StageConfig, world: int, accum: int) -> str:
-    # The manifest only: the driver must not import the loader (torch, torchvision) for this.
-    from pipelines.data.manifest import read_manifest
-
     shards = config.data.train_shards
     if not shards:
         return "steps per epoch: unknown (no data.train_shards yet)"
@@ -194,18 +193,14 @@ def _steps_per_epoch(config: StageConfig, world: int, accum: int) -> str:
         samples = read_manifest(shards).split("train").num_samples
     except (DataError, OSError) as err:
         return f"steps per epoch: unknown ({str(err).splitlines()[0]})"
-    batches = train_batches_per_rank(
-        samples, world, config.data.num_workers, config.train.micro_batch_size
+    topology = Topology(
+        world_size=world,
+        num_workers=config.data.num_workers,
+        micro_batch_size=config.train.micro_batch_size,
+        shuffle_buffer=config.data.shuffle_buffer,
     )
+    batches = train_batches_per_rank(samples, topology)
     return f"{batches // accum} steps per epoch ({samples} train samples)"
-
-
-def train_batches_per_rank(samples: int, world: int, loader_workers: int, micro: int) -> int:
-    """Micro-batches each rank reads in a whole epoch: the split rule of
-    `pipelines.data.loader.read_plan` (equal ranges per consumer, whole micro-batches)."""
-    consumers_per_rank = max(1, loader_workers)
-    per_consumer = samples // (world * consumers_per_rank)
-    return per_consumer // micro * consumers_per_rank
 
 
 def read_cluster() -> ClusterView:

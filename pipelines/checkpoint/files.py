@@ -14,7 +14,6 @@ folder itself where storage is local, else the files downloaded and verified aga
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,10 @@ from pipelines.layout import (
     checkpoint_tag,
     step_of_tag,
 )
-from pipelines.storage import Location, locate
+from pipelines.storage import Location, as_location, locate
 from pipelines.transfer import FileDigest, download_many
 
 log = logging.getLogger(__name__)
-_RANKED = re.compile(r"(?:zero_pp_rank_|vitpipe_rank)0*(\d+)")
 
 
 @dataclass(frozen=True)
@@ -79,13 +77,13 @@ class Checkpoint:
 
 
 def checkpoints_root(run_dir: str | Path | Location) -> Location:
-    return _location(run_dir).join(CHECKPOINTS_DIR)
+    return as_location(run_dir).join(CHECKPOINTS_DIR)
 
 
 def list_checkpoints(root: str | Path | Location, *, warn: bool = True) -> list[Checkpoint]:
     """Committed, intact checkpoints under `root`, oldest first; torn ones warned about."""
     found = []
-    for folder in _step_folders(_location(root)):
+    for folder in _step_folders(as_location(root)):
         problem = _problem(folder)
         if problem is None:
             found.append(Checkpoint(folder, markers.read(folder)))
@@ -101,7 +99,7 @@ def latest_checkpoint(root: str | Path | Location) -> Checkpoint | None:
 
 def open_checkpoint(path: str | Path | Location) -> Checkpoint:
     """A checkpoint folder given by the user (or a run dir / checkpoints dir: its newest)."""
-    location = _location(path)
+    location = as_location(path)
     if not location.join(MARKER).is_file():
         for root in (location.join(CHECKPOINTS_DIR), location):
             newest = latest_checkpoint(root)
@@ -117,7 +115,7 @@ def open_checkpoint(path: str | Path | Location) -> Checkpoint:
 
 def is_checkpoint_dir(path: str | Path | Location) -> bool:
     """Whether `path` looks like a checkpoint folder, a checkpoints dir or a run dir."""
-    location = _location(path)
+    location = as_location(path)
     return (
         location.join(MARKER).is_file()
         or location.join(CHECKPOINTS_DIR).exists()
@@ -128,7 +126,7 @@ def is_checkpoint_dir(path: str | Path | Location) -> bool:
 def verify(folder: str | Path | Location, *, hashes: bool = False) -> str | None:
     """Why `folder` cannot be loaded, or None when its marker and files agree (sizes; sha256 too
     with `hashes` on a local folder, which reads every file)."""
-    return _problem(_location(folder), hashes=hashes)
+    return _problem(as_location(folder), hashes=hashes)
 
 
 def check_loadable(checkpoint: Checkpoint) -> None:
@@ -150,7 +148,7 @@ def files_for_rank(checkpoint: Checkpoint, rank: int | None) -> list[str]:
     names = sorted(checkpoint.files)
     if rank is None:
         return names
-    return [n for n in names if (m := _RANKED.search(n)) is None or int(m.group(1)) == rank]
+    return [n for n in names if markers.rank_in_name(n) in (None, rank)]
 
 
 def local_copy(checkpoint: Checkpoint, dest: Path, *, names: list[str] | None) -> Checkpoint:
@@ -234,7 +232,3 @@ def _step_folders(root: Location) -> list[Location]:
     return [
         root.join(e.name) for e in root.list_dir() if e.is_dir and step_of_tag(e.name) is not None
     ]
-
-
-def _location(path: str | Path | Location) -> Location:
-    return path if isinstance(path, Location) else locate(str(path))

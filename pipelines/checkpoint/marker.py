@@ -22,7 +22,7 @@ from typing import Any
 from pipelines.checkpoint.rank_state import legacy_name
 from pipelines.errors import CheckpointError
 from pipelines.layout import MARKER
-from pipelines.storage import Location, locate
+from pipelines.storage import Location, as_location
 from pipelines.transfer import file_digest
 
 FORMAT = 2
@@ -88,12 +88,12 @@ def build(
 
 def write(folder: Path | Location, marker: Mapping[str, Any]) -> None:
     """Write the marker atomically (the checkpoint counts from this moment)."""
-    _location(folder).join(MARKER).write_json_atomic(dict(marker))
+    as_location(folder).join(MARKER).write_json_atomic(dict(marker))
 
 
 def read(folder: Path | Location) -> dict[str, Any]:
     """The marker of `folder`; CheckpointError when missing or not a marker."""
-    path = _location(folder).join(MARKER)
+    path = as_location(folder).join(MARKER)
     if not path.is_file():
         raise CheckpointError(f"{folder}: no completion marker (torn while saving)")
     try:
@@ -107,11 +107,18 @@ def read(folder: Path | Location) -> dict[str, Any]:
     return marker
 
 
-def writer_rank(name: str) -> int:
-    """The rank that writes `name` in DeepSpeed's and vitpipe's naming (rank 0 otherwise): for a
-    commit by one process that sees every rank's files (vitpipe 0.1's flow on a shared disk)."""
+def rank_in_name(name: str) -> int | None:
+    """The rank a per-rank file belongs to in DeepSpeed's (`zero_pp_rank_R_*`) and vitpipe's
+    (`vitpipe_rankR.*`) naming; None for a file every rank shares (model states, configs)."""
     match = _RANK_IN_NAME.search(PurePosixPath(name).name)
-    return int(match.group(1)) if match else 0
+    return int(match.group(1)) if match else None
+
+
+def writer_rank(name: str) -> int:
+    """The rank that writes `name` (rank 0 for a shared file): for a commit by one process that
+    sees every rank's files (vitpipe 0.1's flow on a shared disk)."""
+    rank = rank_in_name(name)
+    return 0 if rank is None else rank
 
 
 def reports_by_name(folder: Path, world_size: int, *, exclude: Iterable[str] = (MARKER,)) -> list:
@@ -149,7 +156,7 @@ def check(folder: Path | Location, marker: Mapping[str, Any], *, hashes: bool = 
     """Whether `folder`'s files agree with `marker` (one listing gives every size); hashing
     every file costs a full read, so listing checkpoints passes `hashes=False` and loading a
     local one passes True (a remote one is verified file by file as it is downloaded)."""
-    location = _location(folder)
+    location = as_location(folder)
     files = marker.get("files")
     if not isinstance(files, dict):
         return Check("the marker lists no files")
@@ -196,10 +203,6 @@ def _sizes(folder: Location, entries: Mapping[str, Any]) -> dict[str, int]:
         if base in listed[parent]:
             sizes[name] = listed[parent][base]
     return sizes
-
-
-def _location(folder: Path | Location) -> Location:
-    return folder if isinstance(folder, Location) else locate(str(folder))
 
 
 def _entry(entry: Any, legacy: bool) -> tuple[int, str | None]:

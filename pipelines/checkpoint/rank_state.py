@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ import torch
 
 from pipelines.checkpoint.safe_load import safe_load
 from pipelines.errors import CheckpointError
+from pipelines.storage import temp_sibling
 
 FORMAT = "vitpipe-rank-state"
 VERSION = 2
+_LEGACY_NAME = re.compile(r"vitpipe_rank(\d{5})\.pt")
 
 
 def json_name(rank: int) -> str:
@@ -36,6 +39,12 @@ def tensors_name(rank: int) -> str:
 def legacy_name(rank: int) -> str:
     """vitpipe 0.1's pickled rank state."""
     return f"vitpipe_rank{rank:05d}.pt"
+
+
+def legacy_rank(name: str) -> int | None:
+    """The rank whose 0.1 state `name` holds, or None when it is not one."""
+    match = _LEGACY_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def rank_state_files(rank: int) -> tuple[str, str]:
@@ -52,6 +61,16 @@ class RngState:
     torch: torch.Tensor  # torch.get_rng_state(), uint8
     cuda: tuple[torch.Tensor, ...] = ()  # torch.cuda.get_rng_state_all(), where initialised
 
+    @classmethod
+    def from_legacy(cls, state: Mapping[str, Any]) -> RngState:
+        """vitpipe 0.1's dict of the same streams (python/numpy/torch/cuda keys)."""
+        return cls(
+            tuple(state["python"]),
+            tuple(state["numpy"]),
+            state["torch"],
+            tuple(state.get("cuda", ())),
+        )
+
 
 def rng_state() -> RngState:
     cuda: tuple[torch.Tensor, ...] = ()
@@ -63,12 +82,7 @@ def rng_state() -> RngState:
 def set_rng_state(state: RngState | Mapping[str, Any]) -> None:
     """Restore every stream; also takes vitpipe 0.1's dict (python/numpy/torch/cuda keys)."""
     if isinstance(state, Mapping):
-        state = RngState(
-            state["python"],
-            state["numpy"],
-            state["torch"],
-            tuple(state.get("cuda", ())),
-        )
+        state = RngState.from_legacy(state)
     random.setstate(state.python)
     np.random.set_state(state.numpy)
     torch.set_rng_state(state.torch)
@@ -108,10 +122,10 @@ def write_rank_state(
     }
     text = json.dumps(scalars, indent=1, sort_keys=True)  # fails here, not at load, if not JSON
     tensors_path, json_path = (folder / name for name in rank_state_files(rank))
-    tmp = _tmp(tensors_path)
+    tmp = temp_sibling(tensors_path)
     save_file(tensors, str(tmp))
     os.replace(tmp, tensors_path)
-    tmp = _tmp(json_path)
+    tmp = temp_sibling(json_path)
     tmp.write_text(text)
     os.replace(tmp, json_path)
     return [tensors_path, json_path]
@@ -166,14 +180,6 @@ def _read_current(folder: Path, rank: int) -> tuple[dict[str, Any], RngState]:
 def _read_legacy(path: Path) -> tuple[dict[str, Any], RngState]:
     state = safe_load(path)
     try:
-        loader, rng = state["loader"], state["rng"]
-        rng_state_ = RngState(
-            tuple(rng["python"]), tuple(rng["numpy"]), rng["torch"], tuple(rng.get("cuda", ()))
-        )
+        return dict(state["loader"]), RngState.from_legacy(state["rng"])
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"rank state {path} is malformed: {err!r}") from None
-    return dict(loader), rng_state_
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")

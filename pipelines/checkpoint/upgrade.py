@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,11 @@ import numpy as np
 import torch
 
 from pipelines.checkpoint import marker as markers
-from pipelines.checkpoint.rank_state import RngState, write_rank_state
+from pipelines.checkpoint.rank_state import RngState, legacy_rank, write_rank_state
 from pipelines.checkpoint.safe_load import ALLOWED_GLOBALS, safe_load, vet_file
 from pipelines.errors import CheckpointError
+from pipelines.storage import temp_sibling
 
-_LEGACY_RANK = re.compile(r"^vitpipe_rank(\d{5})\.pt$")
 _ATOMS = (str, bytes, bytearray, int, float, bool, complex, type(None))
 _TORCH_ATOMS = (torch.Tensor, torch.dtype, torch.device, torch.Size)
 
@@ -62,7 +61,7 @@ def _checkpoint_folder(file: Path) -> Path | None:
 
 
 def _needs_upgrade(path: Path) -> bool:
-    if _LEGACY_RANK.match(path.name):
+    if legacy_rank(path.name) is not None:
         return True
     try:
         vet_file(path)
@@ -76,18 +75,15 @@ def _upgrade_file(path: Path) -> Upgraded:
         obj = safe_load(path)  # a 0.1 rank state usually passes: then no code runs at all
     except CheckpointError:
         obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user
-    match = _LEGACY_RANK.match(path.name)
-    if match and isinstance(obj, dict) and "loader" in obj and "rng" in obj:
-        rng = obj["rng"]
-        state = RngState(
-            tuple(rng["python"]), tuple(rng["numpy"]), rng["torch"], tuple(rng.get("cuda", ()))
-        )
-        written = write_rank_state(path.parent, int(match.group(1)), obj["loader"], state)
+    rank = legacy_rank(path.name)
+    if rank is not None and isinstance(obj, dict) and "loader" in obj and "rng" in obj:
+        state = RngState.from_legacy(obj["rng"])
+        written = write_rank_state(path.parent, rank, obj["loader"], state)
         path.unlink()
         return Upgraded(path, tuple(written), "rank state now JSON + safetensors")
     converted: list[str] = []
     plain = _plain(obj, converted)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(path)
     torch.save(plain, tmp)
     try:
         vet_file(tmp)

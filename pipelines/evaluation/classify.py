@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipelines.config import StageConfig
-from pipelines.data.loader import ShardLoader
+from pipelines.data.loader.shard_loader import ShardLoader
 from pipelines.data.manifest import Manifest, read_manifest
 from pipelines.distributed import DistContext
 from pipelines.errors import DataError

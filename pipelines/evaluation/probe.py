@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from pipelines.config import StageConfig
-from pipelines.data.loader import ShardLoader
+from pipelines.data.loader.shard_loader import ShardLoader
 from pipelines.distributed import DistContext
 from pipelines.evaluation.features import extract_features, gather_features
 from pipelines.evaluation.fewshot import fewshot_eval

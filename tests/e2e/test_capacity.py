@@ -16,7 +16,6 @@ from launch.processes.capacity import (
     describe_plan,
     plan_workers,
     read_cluster,
-    train_batches_per_rank,
 )
 from pipelines.config import config_from_dict
 
@@ -89,17 +88,6 @@ def test_an_elastic_range_needs_its_minimum():
     assert (placement.workers, placement.per_node) == (4, [4])
     assert placement.note == "elastic: starts with 4 of at most 8 workers"
     assert "can hold 1 such worker(s)" in _error(elastic, ClusterView([{"CPU": 4.0, "GPU": 1.0}]))
-
-
-def test_steps_per_epoch_follow_the_loaders_split_rule():
-    from pipelines.data.loader.read_plan import Topology, plan_train_epoch
-    from pipelines.data.manifest import ShardInfo
-
-    shards = [ShardInfo(f"train-{i:06d}.tar", n, 1, "0" * 64) for i, n in enumerate([97, 60, 3])]
-    for world, workers, micro in [(1, 0, 4), (2, 1, 16), (3, 2, 5), (4, 4, 1)]:
-        topology = Topology(world, workers, micro, 0)
-        plan = plan_train_epoch(shards, seed=0, epoch=0, topology=topology)
-        assert train_batches_per_rank(160, world, workers, micro) == plan.batches_per_rank
 
 
 def test_the_plan_names_nodes_batch_and_steps(fractal_shards):

@@ -14,7 +14,7 @@ from pipelines.config import config_from_dict
 from pipelines.config.data import AugmentSection, DataSection
 from pipelines.config.pipeline import load_pipeline, pipeline_from_dict, pipeline_transfer_runs
 from pipelines.data import shard_set
-from pipelines.data.loader import ShardLoader
+from pipelines.data.loader.shard_loader import ShardLoader
 from pipelines.data.manifest import read_manifest
 from pipelines.data.shard_writer import write_shard
 from pipelines.data.sources.base import SampleRef

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pipelines.data.loader import shard_order
+from pipelines.data.loader.read_plan import shard_order
 from pipelines.data.manifest import Manifest, ShardInfo, SplitInfo
 from pipelines.errors import DataError
 
@@ -140,7 +140,7 @@ def test_malicious_shard_names_are_refused(tmp_path, name):
     # A manifest built in code (never parsed) is checked too.
     bad = Manifest(("a",), {"train": SplitInfo((ShardInfo(name, 8, 0, ""),))})
     from pipelines.config.data import AugmentSection, DataSection
-    from pipelines.data.loader import ShardLoader
+    from pipelines.data.loader.shard_loader import ShardLoader
 
     with pytest.raises(DataError, match="not allowed"):
         ShardLoader(

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 import torch
 
-from pipelines.data.loader import shard_order
+from pipelines.data.loader.read_plan import shard_order
 from pipelines.errors import DataError
 
 from shard_fixtures import keys_of, make_loader, sample_key, truncate_shard, write_shard_set

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -12,6 +15,7 @@ from pipelines.data.loader.read_plan import (
     plan_train_epoch,
     shard_order,
     shuffle_buffer_order,
+    train_batches_per_rank,
     worker_batches_before,
 )
 from pipelines.data.manifest import ShardInfo
@@ -171,3 +175,17 @@ def test_loader_states_written_before_repeated_aug_mean_no_repeats():
     assert Topology.from_dict(old) == Topology(2, 1, 4, 8)
     assert Topology(2, 1, 4, 8).to_dict() == old  # unchanged format when off
     assert Topology.from_dict(Topology(2, 1, 4, 8, repeats=3).to_dict()).repeats == 3
+
+
+def test_batches_per_rank_before_any_loader_follow_the_plans_split_rule():
+    shards = [ShardInfo(f"train-{i:06d}.tar", n, 1, "0" * 64) for i, n in enumerate([97, 60, 3])]
+    for world, workers, micro in [(1, 0, 4), (2, 1, 16), (3, 2, 5), (4, 4, 1)]:
+        topology = Topology(world, workers, micro, 0)
+        plan = plan_train_epoch(shards, seed=0, epoch=0, topology=topology)
+        assert train_batches_per_rank(160, topology) == plan.batches_per_rank
+
+
+def test_the_read_plan_imports_without_torch():
+    code = "import sys\nimport pipelines.data.loader.read_plan\nprint('torch' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

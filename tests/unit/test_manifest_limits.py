@@ -55,7 +55,7 @@ def test_loader_skips_samples_behind_an_oversized_member(tmp_path):
     list(loader)
     assert loader.stats()["samples_skipped"] == 0
     from pipelines.config import config_from_dict
-    from pipelines.data.loader import ShardLoader
+    from pipelines.data.loader.shard_loader import ShardLoader
     from pipelines.distributed import DistContext
 
     config = config_from_dict(

@@ -275,6 +275,16 @@ def _split_train(pool_size: int, topo: Topology) -> int:
     return per - per % topo.micro_batch_size
 
 
+def train_batches_per_rank(num_samples: int, topology: Topology) -> int:
+    """Micro-batches each rank reads in a whole training epoch of `num_samples` (no history):
+    the driver prints steps per epoch from it before any loader exists."""
+    return (
+        _split_train(num_samples, topology)
+        // topology.micro_batch_size
+        * (topology.workers_per_rank)
+    )
+
+
 def plan_train_epoch(
     shards: Sequence[ShardInfo],
     *,
