@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from s3_server import S3Server
 
 from launch.processes.ports import free_loopback_port
 
@@ -111,19 +112,20 @@ def digits_shards(tmp_path_factory, ray_local):
 
 
 @pytest.fixture(scope="session")
-def s3_store() -> Iterator[str]:
+def s3_server() -> Iterator[S3Server]:
     """A real S3-compatible server (moto's, threaded, in this process) on 127.0.0.1 with one
-    bucket; returns `s3://<bucket>`. Tests write under their own prefix of it."""
-    import logging
-
+    bucket, logging every request it answers (`S3Server.requests_since`)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
-    server.start()
+    server = S3Server(S3_PORT).start()
     try:
         boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
-        yield f"s3://{S3_BUCKET}"
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store(s3_server: S3Server) -> str:
+    """`s3://<bucket>` on the session's server; tests write under their own prefix of it."""
+    return f"s3://{S3_BUCKET}"
