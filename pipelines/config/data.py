@@ -1,4 +1,7 @@
-"""`shard:`, `data:` and `augment:` — how images become shards, and shards become batches."""
+"""`shard:`, `data:` and `augment:` — how images become shards, and shards become batches.
+
+`shard.source` is one section per input kind, each kept beside its source in
+`pipelines.data.sources`."""
 
 from __future__ import annotations
 
@@ -6,111 +9,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config.model import MAX_IMG_SIZE
-from pipelines.data.labels import LABEL_KEY_PATTERN
+from pipelines.data.sources import SourceSection
 from pipelines.errors import ConfigError
-from pipelines.section import Section, Seed
-
-SourceKind = Literal["imagefolder", "parquet", "csv", "fractal", "digits", "webdataset", "glyphs"]
-_KINDS_WITH_PATH = ("imagefolder", "parquet", "csv")
-
-
-class SourceSection(Section):
-    kind: SourceKind
-    path: str | None = None
-    image_column: str = "image"
-    label_column: str = "label"
-    path_column: str = "path"
-    num_classes: int = Field(
-        10,
-        ge=1,
-        le=1_000_000,
-        description="fractal: number of classes; glyphs: the first N characters",
-    )
-    images_per_class: int = Field(
-        100, ge=1, le=10_000_000, description="fractal, glyphs: images per class"
-    )
-    image_size: int = Field(
-        64,
-        ge=8,
-        le=MAX_IMG_SIZE,
-        description="fractal, glyphs: rendered size; digits: upscaled size",
-    )
-    num_points: int = Field(
-        20_000, ge=100, le=100_000_000, description="fractal: chaos-game points per image"
-    )
-    random_orientation: bool = Field(
-        True, description="fractal: a random flip and quarter turn per image"
-    )
-    characters: str | None = Field(
-        None, description="glyphs: one class per character; None: the built-in set (no digits)"
-    )
-    low_res: int | None = Field(
-        None,
-        ge=4,
-        le=MAX_IMG_SIZE,
-        description="glyphs: area-average down to this size, then scale up (nearest)",
-    )
-    seed: Seed = 0
-    max_file_bytes: int = Field(
-        512 * 2**20, ge=1, description="larger input files are rejected as too_large"
-    )
-    urls: str | list[str] | None = Field(
-        None,
-        description="webdataset: the train shards, indexed in place: a brace pattern "
-        "('/data/in1k/train-{0000..1023}.tar'), a directory of .tar files, or URIs",
-    )
-    val_urls: str | list[str] | None = Field(
-        None, description="webdataset: the val shards (else shard.val_fraction of whole shards)"
-    )
-    label_key: str = Field(
-        "cls",
-        pattern=LABEL_KEY_PATTERN,
-        description="webdataset: 'cls' (the .cls member) or 'json:<field>' (a .json field)",
-    )
-    classes_file: str | None = Field(
-        None, description="webdataset: class names, one per line; line i names class i"
-    )
-
-    @model_validator(mode="after")
-    def _check_path(self) -> SourceSection:
-        if self.kind in _KINDS_WITH_PATH and not self.path:
-            raise ValueError(f"shard.source.path is required for kind {self.kind!r}")
-        if self.kind == "webdataset" and not self.urls:
-            raise ValueError(
-                "shard.source.urls is required for kind 'webdataset' (a brace pattern such as "
-                "'/data/in1k/train-{0000..1023}.tar', a directory, or a list of URIs)"
-            )
-        if self.kind != "webdataset":
-            for name in ("urls", "val_urls", "classes_file"):
-                if getattr(self, name):
-                    raise ValueError(f"shard.source.{name} is only for kind 'webdataset'")
-        if self.kind == "glyphs":
-            _check_glyphs(self)
-        return self
-
-
-def _check_glyphs(section: SourceSection) -> None:
-    # Imported here: pipelines.data.sources imports this module (SourceSection).
-    from pipelines.data.sources.glyphs import DEFAULT_CHARACTERS
-
-    characters = section.characters if section.characters is not None else DEFAULT_CHARACTERS
-    repeated = sorted({c for c in characters if characters.count(c) > 1})
-    if repeated or not characters or any(c.isspace() for c in characters):
-        raise ValueError(
-            f"shard.source.characters={section.characters!r}: needs distinct, non-space "
-            f"characters (repeated: {''.join(repeated)!r})"
-        )
-    if section.num_classes > len(characters):
-        raise ValueError(
-            f"shard.source.num_classes={section.num_classes}: the glyphs source has "
-            f"{len(characters)} characters; use at most {len(characters)} or add characters"
-        )
-    if section.low_res is not None and section.low_res > section.image_size:
-        raise ValueError(
-            f"shard.source.low_res={section.low_res} must be at most "
-            f"shard.source.image_size={section.image_size}"
-        )
+from pipelines.section import MAX_IMG_SIZE, Section, Seed
 
 
 class ShardSection(Section):

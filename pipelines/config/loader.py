@@ -11,10 +11,11 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from pipelines.config.runlocal import shrink
 from pipelines.config.stage import StageConfig
@@ -172,16 +173,14 @@ def _describe(error: dict[str, Any], root: type[BaseModel] = StageConfig) -> str
     `root` is the model the error's location starts from.
     """
     loc = [str(p) for p in error["loc"]]
-    dotted = ".".join(loc) or "config"
+    place = _place(loc, root)
+    dotted = ".".join(place.parts) or "config"
     given = error.get("input")
     kind = error["type"]
-    if kind == "missing":
-        return f"{dotted}: required, missing"
-    if kind == "extra_forbidden":
-        known = _field_names(loc[:-1], root)
-        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
-        return f"{dotted}: unknown key; {hint}"
+    if kind in ("missing", "extra_forbidden"):
+        return _describe_key(dotted, _place(loc[:-1], root), kind)
+    if kind in ("union_tag_invalid", "union_tag_not_found") and place.union:
+        return _describe_tag(dotted, place.union, given)
     if kind in ("float_type", "int_type") and isinstance(given, str):
         hint = ""
         if _NUMBER_RE.match(given.strip()) and kind == "int_type":
@@ -220,12 +219,86 @@ def _yaml_float(text: str) -> str:
     return f"{mantissa}e{exponent}" if exponent else mantissa
 
 
-def _field_names(loc: list[str], root: type[BaseModel]) -> list[str]:
+class _Union(NamedTuple):
+    """A section told apart by a key (`shard.source`, by `kind`), and the member chosen."""
+
+    key: str
+    members: dict[str, type[BaseModel]]
+    tag: str | None
+
+    def allowed(self) -> str:
+        return ", ".join(self.members)
+
+
+class _Place(NamedTuple):
+    """An error location as the user writes it (pydantic puts the union tag in it:
+    `shard.source.imagefolder.path`), the section it names, and the union it names or that
+    section was chosen from."""
+
+    parts: list[str]
+    model: type[BaseModel] | None
+    union: _Union | None
+
+
+def _place(loc: list[str], root: type[BaseModel]) -> _Place:
+    parts: list[str] = []
     model: type[BaseModel] | None = root
-    for part in loc:
+    union = None
+    rest = iter(loc)
+    for part in rest:
+        parts.append(part)
         field = model.model_fields.get(part) if model else None
-        model = _model_in(field.annotation) if field else None
-    return sorted(model.model_fields) if model else []
+        members = _tagged_members(field) if field else {}
+        if field and members:
+            tag = next(rest, None)
+            union = _Union(str(field.discriminator), members, tag)
+            model = members.get(tag) if tag else None
+        else:
+            model, union = (_model_in(field.annotation) if field else None), None
+    return _Place(parts, model, union)
+
+
+def _tagged_members(field: FieldInfo) -> dict[str, type[BaseModel]]:
+    """tag -> section of a field whose sections are told apart by `field.discriminator`."""
+    key = field.discriminator
+    if not isinstance(key, str):
+        return {}
+    return {
+        typing.get_args(member.model_fields[key].annotation)[0]: member
+        for member in typing.get_args(field.annotation)
+    }
+
+
+def _describe_key(dotted: str, parent: _Place, kind: str) -> str:
+    """A missing or an unknown key; a key of another member of a union says whose it is."""
+    union = parent.union if parent.union and parent.union.tag else None
+    of_tag = f" for {union.key} {union.tag!r}" if union else ""
+    key = dotted.rpartition(".")[2]
+    known = sorted(parent.model.model_fields) if parent.model else []
+    if kind == "missing":
+        field = parent.model.model_fields.get(key) if parent.model else None
+        about = f": {field.description}" if field and field.description else ""
+        return f"{dotted}: required{of_tag}, missing{about}"
+    owners = [t for t, m in union.members.items() if key in m.model_fields] if union else []
+    if union and owners:
+        return (
+            f"{dotted}: not a field of {union.key} {union.tag!r} (it is for {union.key} "
+            f"{', '.join(map(repr, owners))}); allowed: {', '.join(known)}"
+        )
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
+    return f"{dotted}: unknown key{of_tag}; {hint}"
+
+
+def _describe_tag(dotted: str, union: _Union, given: Any) -> str:
+    """The key that picks a union's member is missing, or names none of them."""
+    where = f"{dotted}.{union.key}"
+    if not isinstance(given, dict) or union.key not in given:
+        return f"{where}: required, missing; allowed: {union.allowed()}"
+    value = given[union.key]
+    close = difflib.get_close_matches(str(value), list(union.members), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{where}: unknown {union.key} {value!r}; {hint}allowed: {union.allowed()}"
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -15,11 +15,10 @@ from typing import Any
 from pydantic import Field, model_validator
 
 import vit_core
-from pipelines.section import Section
+from pipelines.section import MAX_IMG_SIZE, Section
 
 # Beyond these a value is a typo, not a model anyone trains (ViT-22B: dim 6144, depth 48); vit_core
 # owns what a valid model is, these only stop a typo from allocating terabytes.
-MAX_IMG_SIZE = 4096
 SIGMOID_HEAD_BIAS = -10.0  # big_vision's init for sigmoid losses: start at p ~ 4.5e-5 per class
 PLACEHOLDER_CLASSES = 1000  # validation only, when the class count comes from the manifest
 # What may change on resume: an init choice and regularisation rates (same parameters, same
@@ -37,6 +36,9 @@ class BackboneSection(Section):
 
 
 class ModelSection(Section):
+    """`vit_core.ViTConfig`'s fields (all but `head_bias_init`), each null for the preset's, plus
+    `name` and `grad_checkpointing`; tests/unit/test_model_section.py keeps the lists equal."""
+
     name: str = "vit_base_patch16"
     img_size: int | None = Field(
         None, le=MAX_IMG_SIZE, description="None: the preset's (224, or the name's suffix)"

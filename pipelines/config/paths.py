@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from pipelines.config.stage import StageConfig
+from pipelines.data.sources import FileSection
 from pipelines.layout import SHARDS_DIR
 from pipelines.storage import locate
 
@@ -43,12 +44,9 @@ def with_absolute_paths(
             locate(resolved_run_dir).join(SHARDS_DIR).uri
         )
         source = config.shard.source
-        update["shard"] = config.shard.model_copy(
-            update={
-                "output": shard_output,
-                "source": source.model_copy(update={"path": absolute(source.path, base)}),
-            }
-        )
+        if isinstance(source, FileSection):
+            source = source.model_copy(update={"path": absolute(source.path, base)})
+        update["shard"] = config.shard.model_copy(update={"output": shard_output, "source": source})
     update["data"] = config.data.model_copy(
         update={
             "train_shards": absolute(config.data.train_shards, base) or shard_output,

@@ -40,6 +40,7 @@ from pipelines.data.manifest import (
 )
 from pipelines.data.rejects import REJECTED_NAME, count_reasons, write_rejects
 from pipelines.data.sources.base import Rejected
+from pipelines.data.sources.webdataset import WebDatasetSection
 from pipelines.errors import DataError
 from pipelines.seeds import derive_seed
 from pipelines.storage import Location, RefusedFile, locate
@@ -133,6 +134,7 @@ def plan_index(section: ShardSection, max_member_bytes: int) -> IndexPlan:
     """The index job and its tasks (driver side, deterministic); `max_member_bytes` is the
     loader's cap (data.max_member_bytes), so both read the same samples."""
     source = section.source
+    assert isinstance(source, WebDatasetSection), source.kind
     train_root, train_names = expand_urls(source.urls, "urls")
     splits = {"train": (train_root, train_names)}
     if source.val_urls:
@@ -150,15 +152,8 @@ def plan_index(section: ShardSection, max_member_bytes: int) -> IndexPlan:
     tasks = tuple(
         IndexTask(split, name, root) for split, (root, names) in splits.items() for name in names
     )
-    describe = {
-        "kind": "webdataset",
-        "urls": source.urls,
-        "val_urls": source.val_urls,
-        "label_key": source.label_key,
-        "classes_file": source.classes_file,
-    }
     roots = {split: root.uri for split, (root, _) in splits.items()}
-    return IndexPlan(job, tasks, roots, describe)
+    return IndexPlan(job, tasks, roots, source.describe())
 
 
 def _split_by_shards(

@@ -4,6 +4,7 @@ manifest's class count, sigmoid head bias), and the architecture comparison resu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 import vit_core
 from pipelines.config import config_from_dict
-from pipelines.config.model import ModelSection, architecture_changes
+from pipelines.config.model import BackboneSection, ModelSection, architecture_changes
 from pipelines.errors import ConfigError
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "ckpt_v0_1" / "checkpoints" / "step_0000004"
@@ -132,3 +133,17 @@ def test_the_deit_recipe_builds_deit_s_distilled_with_table_9_settings() -> None
     assert (job.augment.mixup_alpha, job.augment.cutmix_alpha) == (0.8, 1.0)
     assert job.train.label_smoothing == 0.1 and job.train.global_batch_size == 1024
     assert job.train.total_steps == 300 * (1_268_355 // 1024)
+
+
+# The fields of `model:` that are not ViTConfig's, and ViTConfig's that `model:` does not take.
+SECTION_ONLY = {"name": "the preset", "grad_checkpointing": "how the model runs, not what it is"}
+NOT_IN_SECTION = {"head_bias_init": "set from train.loss (sigmoid: -10)"}
+
+
+def test_the_section_takes_every_vit_config_field() -> None:
+    section = set(ModelSection.model_fields) - set(SECTION_ONLY)
+    vit = {f.name for f in dataclasses.fields(vit_core.ViTConfig)} - set(NOT_IN_SECTION)
+    assert section == vit, f"only in model: {section - vit}; only in ViTConfig: {vit - section}"
+    assert all(ModelSection.model_fields[name].default is None for name in section)
+    backbone = {f.name for f in dataclasses.fields(vit_core.BackboneConfig)}
+    assert set(BackboneSection.model_fields) == backbone

@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
 
-from pipelines.config.data import SourceSection
 from pipelines.data.image_encode import EncodeOptions, ImageRejected, prepare_image, target_size
-from pipelines.data.sources import Decoded, Rejected, build_source
+from pipelines.data.sources import Decoded, Rejected, build_source, source_section
 from pipelines.data.sources.base import make_key
 from pipelines.data.sources.fractal import class_params, render
 
@@ -172,7 +171,7 @@ def test_imagefolder_index(tmp_path):
         (tmp_path / rel).write_bytes(jpeg)
     (tmp_path / ".hidden" / "z.jpg").write_bytes(jpeg)
     (tmp_path / "README.txt").write_text("hi")
-    source = build_source(SourceSection(kind="imagefolder", path=str(tmp_path)))
+    source = build_source(source_section(kind="imagefolder", path=str(tmp_path)))
     index = source.index()
     assert index.classes == ("cat", "dog")
     by_id = {r.source_id: r for r in index.refs}
@@ -216,7 +215,7 @@ def test_parquet_huggingface_layout(tmp_path):
     images.append({"bytes": None, "path": None})
     labels = [0, 1, 2, 0, -1, 5, 1, 2]
     _hf_parquet(tmp_path / "train.parquet", images, labels, ["ant", "bee", "cow"], 3)
-    section = SourceSection(kind="parquet", path=str(tmp_path / "train.parquet"))
+    section = source_section(kind="parquet", path=str(tmp_path / "train.parquet"))
     source = build_source(section)
     index = source.index()
     assert index.classes == ("ant", "bee", "cow")
@@ -238,14 +237,14 @@ def test_parquet_huggingface_layout(tmp_path):
 def test_parquet_without_metadata_numbers_classes(tmp_path):
     png = _encode(_noise(8, 8), "PNG")
     _hf_parquet(tmp_path / "a.parquet", [{"bytes": png, "path": None}] * 3, [0, 3, 1])
-    index = build_source(SourceSection(kind="parquet", path=str(tmp_path))).index()
+    index = build_source(source_section(kind="parquet", path=str(tmp_path))).index()
     assert index.classes == ("0", "1", "2", "3")
     assert [r.source_id for r in index.refs] == ["a.parquet#0", "a.parquet#1", "a.parquet#2"]
 
 
 def test_parquet_missing_column_names_it(tmp_path):
     _hf_parquet(tmp_path / "a.parquet", [{"bytes": b"x", "path": None}], [0])
-    section = SourceSection(kind="parquet", path=str(tmp_path), label_column="target")
+    section = source_section(kind="parquet", path=str(tmp_path), label_column="target")
     with pytest.raises(Exception, match="label_column"):
         build_source(section).index()
 
@@ -261,7 +260,7 @@ def test_csv_names_ints_and_relative_paths(tmp_path):
     (tmp_path / "named.csv").write_text(
         "path,label\nimg/a.png,zebra\nimg/b.png,ant\nimg/c.png,\nimg/missing.png,ant\n"
     )
-    source = build_source(SourceSection(kind="csv", path=str(tmp_path / "named.csv")))
+    source = build_source(source_section(kind="csv", path=str(tmp_path / "named.csv")))
     index = source.index()
     assert index.classes == ("ant", "zebra")
     assert [(r.source_id, r.label) for r in index.refs] == [
@@ -275,7 +274,7 @@ def test_csv_names_ints_and_relative_paths(tmp_path):
     assert isinstance(items[2], Rejected) and items[2].reason == "file_missing"
 
     (tmp_path / "ints.csv").write_text(f"file,y\n{tmp_path}/img/a.png,2\nimg/b.png,-1\n")
-    section = SourceSection(
+    section = source_section(
         kind="csv", path=str(tmp_path / "ints.csv"), path_column="file", label_column="y"
     )
     index = build_source(section).index()
@@ -288,7 +287,7 @@ def test_csv_names_ints_and_relative_paths(tmp_path):
 
 
 def test_digits():
-    source = build_source(SourceSection(kind="digits", image_size=24))
+    source = build_source(source_section(kind="digits", image_size=24))
     index = source.index()
     assert len(index.refs) == 1797 and index.classes == tuple(str(i) for i in range(10))
     assert {r.label for r in index.refs} == set(range(10))
@@ -301,7 +300,7 @@ def test_digits():
 
 
 def test_fractal_is_deterministic_and_distinct_per_class():
-    section = SourceSection(
+    section = source_section(
         kind="fractal", num_classes=4, images_per_class=3, image_size=32, num_points=3000
     )
     source = build_source(section)
@@ -328,7 +327,7 @@ def test_fractal_without_random_orientation_keeps_classes_upright():
     # Digits-style downstream tasks are orientation-sensitive: the demo pretrains on upright
     # fractals. Only the flip/quarter-turn draws change; the image is one of the 8 orientations
     # of the default one, and sources left at the default keep their description (and shards).
-    section = SourceSection(
+    section = source_section(
         kind="fractal", num_classes=3, images_per_class=4, image_size=24, num_points=2000
     )
     upright_section = section.model_copy(update={"random_orientation": False})
@@ -350,7 +349,7 @@ def test_glyphs_are_deterministic_digit_free_and_distinct_per_class():
 
     assert not [c for c in DEFAULT_CHARACTERS if is_number(c) or c.isdigit()]
     assert len(set(DEFAULT_CHARACTERS)) == len(DEFAULT_CHARACTERS)
-    section = SourceSection(kind="glyphs", num_classes=5, images_per_class=4, image_size=16)
+    section = source_section(kind="glyphs", num_classes=5, images_per_class=4, image_size=16)
     source = build_source(section)
     index = source.index()
     assert len(index.refs) == 20 and index.classes[0] == "U+0041 LATIN CAPITAL LETTER A"
@@ -375,7 +374,7 @@ def test_glyphs_are_deterministic_digit_free_and_distinct_per_class():
 
 
 def test_glyphs_low_res_is_blocky_and_keys_are_validated():
-    section = SourceSection(
+    section = source_section(
         kind="glyphs", num_classes=3, images_per_class=2, image_size=32, low_res=8, seed=3
     )
     image = np.asarray(
@@ -383,7 +382,7 @@ def test_glyphs_low_res_is_blocky_and_keys_are_validated():
     )
     blocks = image[..., 0].reshape(8, 4, 8, 4)
     assert (blocks == blocks[:, :1, :, :1]).all()  # 8x8 pixels scaled up 4x, nearest
-    custom = build_source(SourceSection(kind="glyphs", characters="xy", num_classes=2))
+    custom = build_source(source_section(kind="glyphs", characters="xy", num_classes=2))
     assert custom.index().classes == ("U+0078 LATIN SMALL LETTER X", "U+0079 LATIN SMALL LETTER Y")
     for bad, field in (
         ({"num_classes": 1000}, "num_classes=1000"),
@@ -391,8 +390,8 @@ def test_glyphs_low_res_is_blocky_and_keys_are_validated():
         ({"low_res": 40, "image_size": 32}, "low_res=40"),
     ):
         with pytest.raises(ValueError, match=field):
-            SourceSection(kind="glyphs", **bad)
+            source_section(kind="glyphs", **bad)
     from pipelines.errors import DataError
 
     with pytest.raises(DataError, match="no font draws"):
-        build_source(SourceSection(kind="glyphs", characters="\u0f00", num_classes=1)).index()
+        build_source(source_section(kind="glyphs", characters="\u0f00", num_classes=1)).index()

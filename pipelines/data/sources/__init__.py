@@ -1,8 +1,13 @@
-"""Inputs for `vitpipe shard`: one module per kind, all behind the small `Source` interface."""
+"""Inputs for `vitpipe shard`: one module per kind, all behind the small `Source` interface, each
+with the config section (`shard.source`) it is built from. `SourceSection` is their union, told
+apart by `kind`, so a field of another kind is an unknown key, not a silently ignored one."""
 
 from __future__ import annotations
 
-from pipelines.config.data import SourceSection
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter
+
 from pipelines.data.sources.base import (
     REJECT_REASONS,
     Decoded,
@@ -12,66 +17,61 @@ from pipelines.data.sources.base import (
     Source,
     SourceIndex,
 )
+from pipelines.data.sources.csvfile import CsvSection
+from pipelines.data.sources.digits import DigitsSection
+from pipelines.data.sources.files import FileSection
+from pipelines.data.sources.fractal import FractalSection
+from pipelines.data.sources.glyphs import GlyphSection
+from pipelines.data.sources.imagefolder import ImageFolderSection
+from pipelines.data.sources.parquet import ParquetSection
+from pipelines.data.sources.webdataset import WebDatasetSection
+from pipelines.errors import ConfigError
+
+SourceSection = Annotated[
+    ImageFolderSection
+    | ParquetSection
+    | CsvSection
+    | FractalSection
+    | DigitsSection
+    | WebDatasetSection
+    | GlyphSection,
+    Field(discriminator="kind"),
+]
+_SOURCE_SECTION: TypeAdapter[SourceSection] = TypeAdapter(SourceSection)
+
+
+def source_section(**fields: Any) -> SourceSection:
+    """The section of `fields["kind"]`, validated as `shard.source` is (for code and tests)."""
+    return _SOURCE_SECTION.validate_python(fields)
 
 
 def build_source(section: SourceSection) -> Source:
-    """The source a `shard.source` config section describes (no I/O until `index()`)."""
-    if section.kind == "imagefolder":
-        from pipelines.data.sources.imagefolder import ImageFolderSource
-
-        return ImageFolderSource(section.path, section.max_file_bytes)
-    if section.kind == "parquet":
-        from pipelines.data.sources.parquet import ParquetSource
-
-        return ParquetSource(
-            section.path,
-            section.image_column,
-            section.label_column,
-            section.path_column,
-            section.max_file_bytes,
+    """The source a `shard.source` section describes (no I/O until `index()`)."""
+    if isinstance(section, WebDatasetSection):
+        raise ConfigError(
+            "shard.source.kind='webdataset' has no source to write shards from: its shards are "
+            "indexed in place (pipelines.data.wds_index)"
         )
-    if section.kind == "csv":
-        from pipelines.data.sources.csvfile import CsvSource
-
-        return CsvSource(
-            section.path, section.path_column, section.label_column, section.max_file_bytes
-        )
-    if section.kind == "digits":
-        from pipelines.data.sources.digits import DigitsSource
-
-        return DigitsSource(section.image_size)
-    if section.kind == "fractal":
-        from pipelines.data.sources.fractal import FractalSource
-
-        return FractalSource(
-            section.num_classes,
-            section.images_per_class,
-            section.image_size,
-            section.num_points,
-            section.seed,
-            section.random_orientation,
-        )
-    if section.kind == "glyphs":
-        from pipelines.data.sources.glyphs import GlyphSource
-
-        return GlyphSource(
-            section.num_classes,
-            section.images_per_class,
-            section.image_size,
-            section.seed,
-            section.characters,
-            section.low_res,
-        )
-    raise AssertionError(f"unknown source kind {section.kind!r}")
+    return section.build()
 
 
 __all__ = [
     "REJECT_REASONS",
+    "CsvSection",
     "Decoded",
+    "DigitsSection",
+    "FileSection",
+    "FractalSection",
+    "GlyphSection",
+    "ImageFolderSection",
     "Item",
+    "ParquetSection",
     "Rejected",
     "SampleRef",
     "Source",
     "SourceIndex",
+    "SourceSection",
+    "WebDatasetSection",
     "build_source",
+    "source_section",
 ]

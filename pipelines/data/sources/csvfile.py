@@ -12,6 +12,7 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
+from typing import Literal
 
 from pipelines.data.sources.base import (
     Item,
@@ -22,9 +23,21 @@ from pipelines.data.sources.base import (
     make_key,
     unique_keys,
 )
-from pipelines.data.sources.files import TableSource, read_item
+from pipelines.data.sources.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    TableSection,
+    TableSource,
+    read_item,
+)
 from pipelines.errors import DataError
 from pipelines.storage import locate
+
+
+class CsvSection(TableSection):
+    kind: Literal["csv"]
+
+    def build(self) -> CsvSource:
+        return CsvSource(self.path, self.path_column, self.label_column, self.max_file_bytes)
 
 
 class CsvSource(TableSource):
@@ -32,7 +45,11 @@ class CsvSource(TableSource):
     described_columns = ("path_column", "label_column")
 
     def __init__(
-        self, path: str, path_column: str, label_column: str, max_file_bytes: int = 512 * 2**20
+        self,
+        path: str,
+        path_column: str,
+        label_column: str,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ):
         super().__init__(path, max_file_bytes, path_column=path_column, label_column=label_column)
 

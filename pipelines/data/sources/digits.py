@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from pipelines.data.sources.base import (
     Decoded,
@@ -20,6 +21,7 @@ from pipelines.data.sources.base import (
     SourceIndex,
     label_names,
 )
+from pipelines.section import MAX_IMG_SIZE, Section
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,6 +31,16 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     data = load_digits()
     images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)
     return images, data.target.astype(np.int64)
+
+
+class DigitsSection(Section):
+    kind: Literal["digits"]
+    image_size: int = Field(
+        64, ge=8, le=MAX_IMG_SIZE, description="8x8 scaled up (nearest) to this"
+    )
+
+    def build(self) -> DigitsSource:
+        return DigitsSource(self.image_size)
 
 
 class DigitsSource(Source):

@@ -1,13 +1,37 @@
-"""Reading one input file's bytes, turning a missing, special, oversized or unreadable file into a
-reject: regular files only, at most `max_bytes`, and inside `within` when given (never blocks on
-a FIFO, never reads a device)."""
+"""What the sources that read the user's files share: their config fields (`FileSection`,
+`TableSection`), and reading one input file's bytes, turning a missing, special, oversized or
+unreadable file into a reject: regular files only, at most `max_bytes`, and inside `within` when
+given (never blocks on a FIFO, never reads a device)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from pipelines.data.sources.base import Item, Rejected, SampleRef, Source
+from pipelines.section import Section
 from pipelines.storage import Location, RefusedFile, locate
+
+DEFAULT_MAX_FILE_BYTES = 512 * 2**20
+
+
+class FileSection(Section):
+    """A source that reads files the user points at; `path` is made absolute before a job
+    starts (`pipelines.config.paths`)."""
+
+    kind: str  # each source's section narrows it to its own kind (declared here: it dumps first)
+    path: str = Field(min_length=1, description="the folder or file to read")
+    max_file_bytes: int = Field(
+        DEFAULT_MAX_FILE_BYTES, ge=1, description="larger input files are rejected as too_large"
+    )
+
+
+class TableSection(FileSection):
+    """A table of rows (CSV, Parquet): which columns say what."""
+
+    label_column: str = "label"
+    path_column: str = Field("path", description="a column of image paths")
 
 
 class TableSource(Source):

@@ -23,13 +23,15 @@ import colorsys
 import functools
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from pipelines.data.sources.base import Decoded, Item, SampleRef, Source, SourceIndex
 from pipelines.errors import DataError
+from pipelines.section import MAX_IMG_SIZE, Section, Seed
 
 MAX_SINGULAR_VALUE = 0.9
 MIN_FILL = 0.08  # fraction of a 32x32 canvas the class attractor must cover
@@ -165,6 +167,28 @@ def render(
         if rng.uniform() < 0.5:
             pixels = pixels[:, ::-1]
     return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+class FractalSection(Section):
+    kind: Literal["fractal"]
+    num_classes: int = Field(10, ge=1, le=1_000_000)
+    images_per_class: int = Field(100, ge=1, le=10_000_000)
+    image_size: int = Field(64, ge=8, le=MAX_IMG_SIZE, description="rendered size")
+    num_points: int = Field(
+        20_000, ge=100, le=100_000_000, description="chaos-game points per image"
+    )
+    random_orientation: bool = Field(True, description="a random flip and quarter turn per image")
+    seed: Seed = 0
+
+    def build(self) -> FractalSource:
+        return FractalSource(
+            self.num_classes,
+            self.images_per_class,
+            self.image_size,
+            self.num_points,
+            self.seed,
+            self.random_orientation,
+        )
 
 
 class FractalSource(Source):

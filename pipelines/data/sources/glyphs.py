@@ -26,13 +26,15 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from pydantic import Field, model_validator
 
 from pipelines.data.sources.base import Decoded, Item, SampleRef, Source, SourceIndex
 from pipelines.errors import DataError
+from pipelines.section import MAX_IMG_SIZE, Section, Seed
 
 LATIN_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LATIN_LOWER = "abdefghijmnqrty"
@@ -163,6 +165,54 @@ def render(
     if grey.size != (image_size, image_size):
         grey = grey.resize((image_size, image_size), Image.Resampling.NEAREST)
     return grey.convert("RGB")
+
+
+class GlyphSection(Section):
+    kind: Literal["glyphs"]
+    num_classes: int = Field(10, ge=1, le=1_000_000, description="the first N characters")
+    images_per_class: int = Field(100, ge=1, le=10_000_000)
+    image_size: int = Field(64, ge=8, le=MAX_IMG_SIZE, description="rendered size")
+    characters: str | None = Field(
+        None, description="one class per character; None: the built-in set (no digits)"
+    )
+    low_res: int | None = Field(
+        None,
+        ge=4,
+        le=MAX_IMG_SIZE,
+        description="area-average down to this size, then scale up (nearest)",
+    )
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> GlyphSection:
+        characters = self.characters if self.characters is not None else DEFAULT_CHARACTERS
+        repeated = sorted({c for c in characters if characters.count(c) > 1})
+        if repeated or not characters or any(c.isspace() for c in characters):
+            raise ValueError(
+                f"shard.source.characters={self.characters!r}: needs distinct, non-space "
+                f"characters (repeated: {''.join(repeated)!r})"
+            )
+        if self.num_classes > len(characters):
+            raise ValueError(
+                f"shard.source.num_classes={self.num_classes}: the glyphs source has "
+                f"{len(characters)} characters; use at most {len(characters)} or add characters"
+            )
+        if self.low_res is not None and self.low_res > self.image_size:
+            raise ValueError(
+                f"shard.source.low_res={self.low_res} must be at most "
+                f"shard.source.image_size={self.image_size}"
+            )
+        return self
+
+    def build(self) -> GlyphSource:
+        return GlyphSource(
+            self.num_classes,
+            self.images_per_class,
+            self.image_size,
+            self.seed,
+            self.characters,
+            self.low_res,
+        )
 
 
 class GlyphSource(Source):

@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.fs as pafs
 
@@ -28,15 +28,22 @@ from pipelines.data.sources.base import (
     make_key,
     unique_keys,
 )
-from pipelines.data.sources.files import read_item
+from pipelines.data.sources.files import DEFAULT_MAX_FILE_BYTES, FileSection, read_item
 from pipelines.errors import DataError
 from pipelines.storage import Location, locate
+
+
+class ImageFolderSection(FileSection):
+    kind: Literal["imagefolder"]
+
+    def build(self) -> ImageFolderSource:
+        return ImageFolderSource(self.path, self.max_file_bytes)
 
 
 class ImageFolderSource(Source):
     kind = "imagefolder"
 
-    def __init__(self, path: str, max_file_bytes: int = 512 * 2**20):
+    def __init__(self, path: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self.path = path
         self.max_file_bytes = max_file_bytes
         self.root_uri = locate(path).uri  # absolute: tasks may run in another directory

@@ -15,11 +15,12 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from pipelines.data.sources.base import (
     Item,
@@ -30,13 +31,28 @@ from pipelines.data.sources.base import (
     make_key,
     unique_keys,
 )
-from pipelines.data.sources.files import TableSource, read_item
+from pipelines.data.sources.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    TableSection,
+    TableSource,
+    read_item,
+)
 from pipelines.errors import DataError
 from pipelines.storage import Location, locate
 
 _READ_BATCH_ROWS = 256
 # (file name, file, row in file, row group, row in group, label)
 _Row = tuple[str, Location, int, int, int, Any]
+
+
+class ParquetSection(TableSection):
+    kind: Literal["parquet"]
+    image_column: str = Field("image", description="image bytes, or a {bytes, path} struct")
+
+    def build(self) -> ParquetSource:
+        return ParquetSource(
+            self.path, self.image_column, self.label_column, self.path_column, self.max_file_bytes
+        )
 
 
 class ParquetSource(TableSource):
@@ -50,7 +66,7 @@ class ParquetSource(TableSource):
         image_column: str,
         label_column: str,
         path_column: str,
-        max_file_bytes: int = 512 * 2**20,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ):
         super().__init__(
             path,
