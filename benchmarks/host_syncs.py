@@ -21,13 +21,14 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
-import _common as common
 import torch
 import torch.distributed as dist
+from _deepspeed_shm import release_deepspeed_shm
+from _measure import cuda_syncs
+from _report import finish_report, run_header
 from torch.overrides import TorchFunctionMode
 
 import vit_core
@@ -130,26 +131,15 @@ def count_stage(stage: int, args: argparse.Namespace, device: torch.device) -> d
 
     step()  # the first step allocates and may sync once
     reads = HostReads(only="cuda" if device.type == "cuda" else None)
-    syncs = 0
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with reads:
-                for _ in range(args.steps):
-                    step()
-        finally:
-            if device.type == "cuda":
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = sum("synchroniz" in str(w.message) for w in caught)
+    with cuda_syncs(device) as syncs, reads:
+        for _ in range(args.steps):
+            step()
     return {
         "zero_stage": stage,
         "optimizer": type(engine._engine.optimizer).__name__,
         "reads_per_step": sum(reads.sites.values()) / args.steps,
         "sites": {site: n / args.steps for site, n in reads.sites.most_common()},
-        "cuda_syncs_per_step": syncs / args.steps if device.type == "cuda" else None,
+        "cuda_syncs_per_step": None if syncs.count is None else syncs.count / args.steps,
     }
 
 
@@ -164,12 +154,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     import deepspeed
 
-    report = common.run_header(device, deepspeed=deepspeed.__version__)
+    report = run_header(device, deepspeed=deepspeed.__version__)
     started = time.perf_counter()
     try:
         rows = [count_stage(stage, args, device) for stage in args.stages]
     finally:
-        common.release_deepspeed_shm(0)
+        release_deepspeed_shm(0)
         end_process_group()
     print(f"{args.precision}, {args.accum} micro-batch(es) per step, {args.steps} steps counted")
     for row in rows:
@@ -182,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for site, n in row["sites"].items():
             print(f"    {n:g} x {site}")
     report["rows"] = rows
-    common.finish_report(report, started, args.json)
+    finish_report(report, started, args.json)
     return report
 
 

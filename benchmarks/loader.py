@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 import warnings
@@ -38,9 +36,11 @@ from torchvision.datasets import ImageFolder
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.config.data import AugmentSection, DataSection  # noqa: E402
-from pipelines.data.loader import ShardLoader  # noqa: E402
+from pipelines.data.image_encode import EncodeOptions, prepare_image  # noqa: E402
+from pipelines.data.loader.shard_loader import ShardLoader  # noqa: E402
 from pipelines.data.loader.transforms import _decode_rgb  # noqa: E402
 from pipelines.data.manifest import Manifest, ShardInfo, SplitInfo, write_manifest  # noqa: E402
+from pipelines.data.shard_writer import ShardSample, tar_bytes  # noqa: E402
 from pipelines.storage import locate  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -65,35 +65,29 @@ def _photo(rng: np.random.Generator, height: int, width: int) -> Image.Image:
 def generate(
     root: Path, num_images: int, size: int, shard_size: int, per_shard: int, num_classes: int = 10
 ) -> tuple[Path, Path]:
+    """An ImageFolder of JPEGs and the same images in shards, prepared and packed by the code
+    `vitpipe shard` runs (`prepare_image` with `shard.max_size`, `tar_bytes`)."""
     folder, shards = root / "imagefolder", root / "shards"
     rng = np.random.default_rng(0)
-    entries = []
+    options = EncodeOptions(jpeg_quality=90, max_size=shard_size)
+    classes = tuple(f"class{c:02d}" for c in range(num_classes))
+    samples = []
     for i in range(num_images):
         label = i % num_classes
         width = int(size * rng.uniform(1.0, 1.33))
-        img = _photo(rng, size, width)
-        path = folder / f"class{label:02d}" / f"img{i:05d}.jpg"
+        path = folder / classes[label] / f"img{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, quality=90)
-        scale = shard_size / min(img.size)
-        small = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
-        buf = io.BytesIO()
-        small.save(buf, format="JPEG", quality=90)
-        entries.append((f"img{i:05d}", label, buf.getvalue()))
+        _photo(rng, size, width).save(path, quality=90)
+        image = prepare_image(path.read_bytes(), options)
+        samples.append(ShardSample(f"img{i:05d}", label, classes[label], path.name, image))
     shards.mkdir(parents=True)
     infos = []
     for s in range(0, num_images, per_shard):
         name = f"train-{s // per_shard:06d}.tar"
-        with tarfile.open(shards / name, "w") as tar:
-            for key, label, data in entries[s : s + per_shard]:
-                for ext, payload in (("cls", str(label).encode()), ("jpg", data)):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        blob = (shards / name).read_bytes()
-        count = len(entries[s : s + per_shard])
+        blob = tar_bytes(samples[s : s + per_shard])
+        (shards / name).write_bytes(blob)
+        count = len(samples[s : s + per_shard])
         infos.append(ShardInfo(name, count, len(blob), hashlib.sha256(blob).hexdigest()))
-    classes = tuple(f"class{c:02d}" for c in range(num_classes))
     write_manifest(locate(str(shards)), Manifest(classes, {"train": SplitInfo(tuple(infos))}))
     return folder, shards
 

@@ -24,9 +24,11 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import _common as common
 import torch
 import torch.distributed as dist
+from _deepspeed_shm import release_deepspeed_shm
+from _measure import optimizer_state_bytes
+from _report import compare_windows, finish_report, format_table, print_goal, progress, run_header
 
 import vit_core
 from launch.processes.launchers import end_process_group
@@ -34,8 +36,11 @@ from launch.processes.ports import free_loopback_port
 from pipelines.config import StageConfig, config_from_dict
 from pipelines.distributed import DistContext
 from pipelines.errors import ConfigError
+from pipelines.train import model_init
 from pipelines.train.losses import classification_loss
 from pipelines.train.optim import build_optimizer
+from pipelines.train.peak import sync
+from pipelines.train.request import TrainRequest
 
 VARIANTS = {"ddp": None, "zero0": 0, "zero1": 1, "zero2": 2, "zero3": 3}
 GOAL_RATIO, GOAL_VARIANTS = 1.15, ("zero1", "zero2")
@@ -105,11 +110,10 @@ def job_config(args: argparse.Namespace, *, zero_stage: int) -> StageConfig:
 
 
 def build_model(config: StageConfig) -> torch.nn.Module:
+    """The model the trainer pretrains from `config`, seeded as the trainer seeds it."""
     torch.manual_seed(config.train.seed)
-    section = config.model
-    return vit_core.VisionTransformer(
-        section.vit_config(section.num_classes, loss=config.train.loss)
-    )
+    request = TrainRequest(config=config, run_dir="")  # nothing is written: no run dir
+    return model_init.build_model(request, config.model.num_classes)
 
 
 def synthetic_batches(args: argparse.Namespace, rank: int, device: torch.device) -> Batches:
@@ -159,7 +163,7 @@ def build_zero(config: StageConfig, ctx: DistContext):
 
 
 def barrier(device: torch.device) -> None:
-    common.sync(device)
+    sync(device)
     dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
 
 
@@ -168,7 +172,7 @@ def bench(args: argparse.Namespace, ctx: DistContext, device: torch.device) -> d
     batches = synthetic_batches(args, ctx.rank, device)
     accum = job_config(args, zero_stage=0).grad_accum_steps(args.nprocs)
     cursor = 0
-    log = common.progress if ctx.is_main else (lambda message: None)
+    log = progress if ctx.is_main else (lambda message: None)
 
     def next_batches() -> Batches:  # the same sequence for every variant
         nonlocal cursor
@@ -201,7 +205,7 @@ def bench(args: argparse.Namespace, ctx: DistContext, device: torch.device) -> d
             cpu[name].append((time.process_time() - cpu_start) / args.steps)
         log(f"round {r + 1}/{args.rounds} done")
     mine = {
-        name: (wall[name], cpu[name], float(losses[name]), common.optimizer_state_bytes(b[1]))
+        name: (wall[name], cpu[name], float(losses[name]), optimizer_state_bytes(b[1]))
         for name, b in built.items()
     }
     ranks: list[Any] = [None] * args.nprocs
@@ -221,8 +225,8 @@ def bench(args: argparse.Namespace, ctx: DistContext, device: torch.device) -> d
 
 def report_rows(result: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per variant against DDP; prints the table and the goal line."""
-    walls = common.compare_windows({name: v["wall_s"] for name, v in result.items()}, "ddp")
-    cpus = common.compare_windows({name: v["cpu_s"] for name, v in result.items()}, "ddp")
+    walls = compare_windows({name: v["wall_s"] for name, v in result.items()}, "ddp")
+    cpus = compare_windows({name: v["cpu_s"] for name, v in result.items()}, "ddp")
     rows = [
         {
             "variant": name,
@@ -246,10 +250,10 @@ def report_rows(result: dict[str, Any], args: argparse.Namespace) -> list[dict[s
         + [f"{r['paired_ratio']:.3f}", f"{r['last_loss']:.6f}", f"{r['loss_diff']:.2e}"]
         for r in rows
     ]
-    print(common.format_table(header, cells))
+    print(format_table(header, cells))
     print("x DDP: median / DDP's median; paired: median of per-round ratios; lower is better")
     goal = {r["variant"]: r["ratio"] for r in rows if r["variant"] in GOAL_VARIANTS}
-    common.print_goal(f"ZeRO-1/2 <= {GOAL_RATIO}x DDP", goal, GOAL_RATIO)
+    print_goal(f"ZeRO-1/2 <= {GOAL_RATIO}x DDP", goal, GOAL_RATIO)
     return rows
 
 
@@ -269,10 +273,10 @@ def run_rank(args: argparse.Namespace) -> None:
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     try:
-        report = common.run_header(device, deepspeed=deepspeed.__version__) if rank == 0 else {}
+        report = run_header(device, deepspeed=deepspeed.__version__) if rank == 0 else {}
         result = bench(args, ctx, device)
     finally:
-        common.release_deepspeed_shm(rank)
+        release_deepspeed_shm(rank)
         end_process_group()
     if rank != 0:
         return
@@ -284,7 +288,7 @@ def run_rank(args: argparse.Namespace) -> None:
     )
     report.update(args={k: str(v) for k, v in vars(args).items()})
     report["rows"] = report_rows(result, args)
-    common.finish_report(report, started, args.json)
+    finish_report(report, started, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:

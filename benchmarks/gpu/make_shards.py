@@ -1,7 +1,8 @@
 """A JPEG shard set of formula-driven (fractal) images for the GPU check, small enough to travel
 to the GPU machine (its 64 MiB per call): the layout `vitpipe shard` writes (tar shards of
 `.jpg` + `.cls` + `.json` samples and a `manifest.json`), rendered by the `fractal` source's own
-renderer and written here directly, without Ray, so that it also runs where Ray is absent.
+renderer and encoded and packed by the shard writer's own code, here in one process, without
+Ray, so that it also runs where Ray is absent.
 
     python benchmarks/gpu/make_shards.py .gpu_shards --classes 16 --per-class 160 --size 256
     python benchmarks/gpu/make_shards.py BIG --replicate .gpu_shards --copies 20
@@ -15,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
-import json
 import os
 import sys
-import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from pipelines.data.image_encode import EncodeOptions, prepare_image  # noqa: E402
 from pipelines.data.manifest import (  # noqa: E402
     Manifest,
     ShardInfo,
@@ -31,6 +30,8 @@ from pipelines.data.manifest import (  # noqa: E402
     read_manifest,
     write_manifest,
 )
+from pipelines.data.shard_writer import ShardSample, tar_bytes  # noqa: E402
+from pipelines.data.sources.base import Decoded  # noqa: E402
 from pipelines.data.sources.fractal import render  # noqa: E402
 from pipelines.storage import locate  # noqa: E402
 
@@ -50,35 +51,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shards(args: argparse.Namespace) -> Manifest:
-    """Samples interleave the classes (sample i is class i % classes), `per_shard` a shard."""
+    """Samples interleave the classes (sample i is class i % classes), `per_shard` a shard;
+    each image encoded and packed by the code `vitpipe shard` runs."""
     args.out.mkdir(parents=True, exist_ok=True)
     total = args.classes * args.per_class
+    classes = tuple(f"fractal_{c:03d}" for c in range(args.classes))
+    options = EncodeOptions(jpeg_quality=args.quality)
     shards = []
     for s, start in enumerate(range(0, total, args.per_shard)):
+        samples = []
+        for i in range(start, min(start + args.per_shard, total)):
+            label, index = i % args.classes, i // args.classes
+            image = render(args.seed, label, index, args.size, args.points)
+            prepared = prepare_image(Decoded(image, (args.size, args.size)), options)
+            key = f"fractal_{label:03d}_{index:05d}"
+            samples.append(ShardSample(key, label, classes[label], "fractal", prepared))
+        data = tar_bytes(samples)
         path = args.out / f"train-{s:06d}.tar"
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(start, min(start + args.per_shard, total)):
-                label, index = i % args.classes, i // args.classes
-                image = render(args.seed, label, index, args.size, args.points)
-                buf = io.BytesIO()
-                image.save(buf, format="JPEG", quality=args.quality)
-                key = f"fractal_{label:03d}_{index:05d}"
-                meta = {"source": "fractal", "original_size": [args.size] * 2, "label": label}
-                _add(tar, f"{key}.jpg", buf.getvalue())
-                _add(tar, f"{key}.cls", str(label).encode())
-                _add(tar, f"{key}.json", json.dumps(meta).encode())
-        data = path.read_bytes()
-        count = min(start + args.per_shard, total) - start
-        shards.append(ShardInfo(path.name, count, len(data), hashlib.sha256(data).hexdigest()))
-    classes = tuple(f"fractal_{c:03d}" for c in range(args.classes))
+        path.write_bytes(data)
+        shards.append(
+            ShardInfo(path.name, len(samples), len(data), hashlib.sha256(data).hexdigest())
+        )
     source = {"kind": "fractal", "seed": args.seed, "image_size": args.size, "note": __name__}
     manifest = Manifest(classes, {"train": SplitInfo(tuple(shards))}, source)
     write_manifest(locate(str(args.out)), manifest)

@@ -3,7 +3,8 @@ and a large matmul measured on the device (what this machine really reaches).
 
 `mfu` divides by the rated peak of the dtype the matmuls run in (`train.peak_tflops` overrides
 it; a chip missing from the table falls back to the measured peak); `mfu_measured_peak` divides
-by the measured one. Imports torch only, so the benchmarks use it on a machine without the rest.
+by the measured one. Imports torch only, so the benchmarks use it on a machine without the rest:
+`device_name`, `math_dtype`, `sync` and the peaks are theirs too, never a second copy.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def resolve_peaks(
 
 
 def device_name(device: str | torch.device) -> str:
+    """The name the rated table is matched against: the CUDA part name, else "cpu"."""
     dev = torch.device(device)
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
 
@@ -106,14 +108,14 @@ def measure_matmul_flops(
     flop = 2.0 * size**3
     for _ in range(2):
         a @ b
-    _sync(dev)
+    sync(dev)
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         for _ in range(4):
             a @ b
-        _sync(dev)
+        sync(dev)
         best = max(best, 4 * flop / (time.perf_counter() - start))
     return best
 
@@ -148,6 +150,9 @@ def _torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, _TORCH_NAMES.get(name, name))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work: a timer read before it measures the launch, not the
+    kernels. A no-op off CUDA, where ops run synchronously."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
