@@ -1,4 +1,4 @@
-"""No code runs from a checkpoint (issue 16, item 1).
+"""No code runs from a checkpoint.
 
 A pickle payload planted in a committed checkpoint (same size, marker made to agree: whoever can
 write a checkpoint can rewrite its marker) is refused by `pretrain --resume auto`, `export`,

@@ -1,4 +1,4 @@
-"""Faults a real job meets (issue 16 items 9 and 10): a disk that fills up on save, and Ctrl-C.
+"""Faults a real training run meets: a disk that fills up on save, and Ctrl-C.
 Each runs `vitpipe pretrain` as a user would (its own process, local Ray, 2 workers)."""
 
 from __future__ import annotations

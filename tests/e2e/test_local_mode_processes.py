@@ -1,9 +1,9 @@
 """One real local-mode `vitpipe pretrain` in a subprocess, with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
-unset (conftest sets it for this process; users do not), watched from outside (issue 16):
+unset (conftest sets it for this process; users do not), watched from outside:
 
-- items 2 and 3: while it trains, no process of its tree (driver, GCS, raylet, dashboard, agents,
+- while it trains, no process of its tree (driver, GCS, raylet, dashboard, agents,
   Ray Train workers and their torch.distributed rendezvous) listens beyond 127.0.0.0/8 or ::1;
-- item 11: SIGKILL one Ray Train worker: none of its dataloader worker processes remains 10 s later.
+- SIGKILL one Ray Train worker: none of its dataloader worker processes remains 10 s later.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training with run storage on a real S3-compatible server on 127.0.0.1 (issue 11): the shards
+"""Training with run storage on a real S3-compatible server on 127.0.0.1: the shards
 and the whole run dir live in `s3://`; a run stopped at a step whose node scratch is then
 deleted continues with `--resume auto` bit-exactly; `vitpipe export s3://.../step_N` works."""
 

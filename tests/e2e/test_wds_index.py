@@ -1,4 +1,4 @@
-"""Training on the WebDataset shards users already have (issue 17): `webdataset.ShardWriter`
+"""Training on the WebDataset shards users already have: `webdataset.ShardWriter`
 shards are indexed in place, the counts match what the library yields minus the rejects, our
 reader is pinned to the library sample by sample, and pretraining on them resumes bit-exactly
 after a worker is killed, reading each sample once per epoch."""

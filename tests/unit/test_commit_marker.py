@@ -1,4 +1,4 @@
-"""The commit marker (issue 16, item 6): every rank reports {name: {size, sha256}}, rank 0 writes
+"""The commit marker: every rank reports {name: {size, sha256}}, rank 0 writes
 the union; loading requires every rank's files and verifies each one's size and sha256; a 0.1
 marker (sizes only) is accepted with a notice. `vitpipe export` refuses non-finite weights."""
 

@@ -1,4 +1,4 @@
-"""Hostile configs are one clear line each (issue 16, item 8): an alias bomb, a binary file,
+"""Hostile configs are one clear line each: an alias bomb, a binary file,
 `.inf`/`.nan`, values no one can mean, and the integer hint for an integer field."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile inputs to `vitpipe shard` and the loader (issue 16, item 4): directory symlinks,
+"""Hostile inputs to `vitpipe shard` and the loader: directory symlinks,
 FIFOs, devices and oversized files are refused with a reason in rejected.parquet, never followed,
 never hung on; a shard that is a symlink out of the shard dir is refused. No Ray: the shard
 writer's pure functions run in this process."""

@@ -1,4 +1,4 @@
-"""Unbounded allocations and malformed manifests (issue 16, item 7): a tar member over the cap is
+"""Unbounded allocations and malformed manifests: a tar member over the cap is
 never read whole, counts are checked against the bytes before anything is sized from them,
 duplicate shard names and malformed splits are one-line `DataError`s."""
 

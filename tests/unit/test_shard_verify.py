@@ -1,4 +1,4 @@
-"""Tampered shards never train (issue 16, item 5): each shard's sha256 is checked against the
+"""Tampered shards never train: each shard's sha256 is checked against the
 manifest before its samples are used; `data.verify_shards` says in which epochs."""
 
 from __future__ import annotations

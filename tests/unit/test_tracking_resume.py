@@ -1,6 +1,6 @@
 """Resuming against a tracking store that lacks the checkpoint's MLflow run (a run dir copied to
-another machine, another tracking.uri) goes on in a new run that records where it came from
-(issue 16, item 12); against the store that has it, the same run continues."""
+another machine, another tracking.uri) goes on in a new run that records where it came from;
+against the store that has it, the same run continues."""
 
 from __future__ import annotations
 
