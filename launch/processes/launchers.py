@@ -96,11 +96,14 @@ def run_local(request: TrainRequest) -> dict[str, Any] | None:
     ctx = DistContext(
         rank=rank, world_size=world, local_rank=local_rank, device="cuda" if use_gpu else "cpu"
     )
-    return Trainer(request, ctx).fit()
+    result = Trainer(request, ctx).fit()
+    return result.to_summary() if result is not None else None
 
 
 def run_ray(request: TrainRequest) -> dict[str, Any]:
-    """Ray Train: `cluster.num_workers` workers, gloo on CPU and NCCL on GPU, restarts on failure."""
+    """Ray Train: `cluster.num_workers` workers, gloo on CPU and NCCL on GPU, restarts on failure.
+    A restarted (or resized) worker group runs `_ray_worker` with this same request: its launch
+    id lets the Checkpointer continue from what this launch saved, not from the driver's choice."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -113,7 +116,7 @@ def run_ray(request: TrainRequest) -> dict[str, Any]:
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"request": request},
-        # Local mode: a rendezvous that listens nowhere (issue 16); a cluster: Ray's TCP one.
+        # Local mode: a rendezvous that listens nowhere; a cluster: Ray's TCP one.
         torch_config=(
             LoopbackTorchConfig(
                 backend=backend,
@@ -181,7 +184,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     )
     result = Trainer(request, ctx).fit()
     if result is not None:
-        request.files(ctx.node_id).at(WORKER_RESULT).write_json_atomic(result)
+        request.files(ctx.node_id).at(WORKER_RESULT).write_json_atomic(result.to_summary())
 
 
 def _read_result(request: TrainRequest) -> dict[str, Any]:

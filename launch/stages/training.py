@@ -1,7 +1,8 @@
 """The training stage (pretrain, finetune): run dir, launch, the driver's side of checkpoints.
 
 The driver decides before any worker starts whether the run resumes and from which checkpoint
-(wrong model, missing checkpoint, a run dir in use: one line, nothing started), writes the
+(`plan_launch`: wrong model or teacher, a missing or unsafe checkpoint, a run dir in use: one
+line, nothing started) and hands that choice to the workers in the request; it writes the
 resolved configs, and runs the workers inside the stage lifecycle, which owns the MLflow run
 (continued when resuming) and summary.json. Rank 0 logs metrics into that run while training.
 """
@@ -21,9 +22,8 @@ from launch.processes.ray_cluster import ray_session
 from launch.stages.lifecycle import StageRun, stage_run
 from launch.stages.shard import ensure_shards
 from launch.terminal.progress import MetricsProgress
-from pipelines.checkpoint.files import Checkpoint, check_loadable, checkpoints_root
 from pipelines.config import StageConfig, dump_config
-from pipelines.data.manifest import MANIFEST_NAME, read_manifest
+from pipelines.data.manifest import MANIFEST_NAME
 from pipelines.layout import (
     CONFIG_RESOLVED,
     DEEPSPEED_CONFIG,
@@ -34,10 +34,9 @@ from pipelines.layout import (
 from pipelines.run_storage import RunDir, check_tracking
 from pipelines.tracking.mlflow_run import TrackingTarget
 from pipelines.tracking.run_params import run_params
-from pipelines.train.checkpointer import check_same_model, select_checkpoint
+from pipelines.train.checkpointer import plan_launch
 from pipelines.train.distill import runlocal_teacher
 from pipelines.train.ds_config import deepspeed_config
-from pipelines.train.model_init import architecture
 from pipelines.train.request import TrainRequest
 from pipelines.train.stop import StopRequest
 
@@ -76,7 +75,7 @@ def run_training_stage(
         stop_at_step=stop_at_step,
     )
     if not launchers.is_driver(launcher):
-        return launchers.run_local(request)
+        return launchers.run_local(request)  # the Checkpointer gets rank 0's (the driver's) choice
     check_tracking(config)
     ensure_shards(config, parent_run_id=parent_run_id, progress=progress)
     files = request.files()
@@ -87,7 +86,7 @@ def run_training_stage(
     stop = StopRequest(files.at(STOP_REQUEST))
     stop.clear()
     files.at(WORKER_RESULT).delete()
-    resume_from = _resume_point(request)
+    request, resume_from = plan_launch(request)
     world = launchers.world_size(launcher, config)
     files.path(CONFIG_RESOLVED).write_text(dump_config(config))
     ds_json = json.dumps(deepspeed_config(config, world), indent=1)
@@ -120,22 +119,6 @@ def run_training_stage(
         if on_success is not None and result.get("status") == "finished":
             run.summary.update(on_success(run.summary, run.tracking))
     return run.summary
-
-
-def _resume_point(request: TrainRequest) -> Checkpoint | None:
-    """The checkpoint the workers will resume from, checked here so that a wrong model or a
-    missing checkpoint fails before anything starts."""
-    found = select_checkpoint(checkpoints_root(request.run_dir), request.resume)
-    if found is not None:
-        config = request.config
-        num_classes = config.model.num_classes or _manifest_classes(config)
-        check_same_model(found, architecture(request, num_classes))
-        check_loadable(found)  # hashes match, no file could run code (issue 16)
-    return found
-
-
-def _manifest_classes(config: StageConfig) -> int:
-    return read_manifest(config.data.require_train_shards()).num_classes
 
 
 def _with_tracking(request: TrainRequest, run: StageRun) -> TrainRequest:

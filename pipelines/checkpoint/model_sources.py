@@ -1,5 +1,7 @@
 """Where a stage's starting weights come from: a vitpipe export, a sharded checkpoint (any ZeRO
-stage, any world size), or a Hugging Face ViT directory written by `save_pretrained`."""
+stage, any world size), or a Hugging Face ViT directory written by `save_pretrained`.
+`load_source_model` loads one; `source_architecture` reads its ViTConfig from what it stores,
+without loading weights (the driver's checks need only that)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from pipelines.errors import CheckpointError
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT
 from pipelines.storage import locate
 from pipelines.transfer import download_dir
-from vit_core import load_hf_dir
+from vit_core import ViTConfig, load_hf_dir
+from vit_core.convert import hf_dir_architecture
 
 
 @dataclass(frozen=True)
@@ -105,3 +108,23 @@ def load_source_model(path: str | Path) -> SourceModel:
     checkpoint = open_checkpoint(path)
     model = load_checkpoint_model(checkpoint)
     return SourceModel(model, kind, checkpoint.uri, checkpoint.meta.get("classes"), checkpoint.meta)
+
+
+def source_architecture(path: str | Path) -> ViTConfig:
+    """The ViTConfig of the model at `path`, as `load_source_model` would build it, read from
+    what the source stores: an export's config.json, a checkpoint marker's `meta.vit_config`,
+    or a Hugging Face dir's config.json with its weights' names and shapes (not their values)."""
+    path = local_source(path)
+    kind = source_kind(path)
+    if kind == "export":
+        return ViTConfig.from_dict(json.loads((path / EXPORT_CONFIG).read_text())["vit_config"])
+    if kind == "hf":
+        try:
+            return hf_dir_architecture(path)
+        except ValueError as err:
+            raise CheckpointError(f"--from {str(path)!r}: {err}") from None
+    checkpoint = open_checkpoint(path)
+    saved = checkpoint.meta.get("vit_config")
+    if not saved:
+        raise CheckpointError(f"checkpoint {checkpoint.uri} has no model config in its marker")
+    return ViTConfig.from_dict(saved)

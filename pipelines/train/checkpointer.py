@@ -3,14 +3,22 @@ checkpoint a run resumes from, whether that needs DeepSpeed's universal conversi
 world size or ZeRO stage), whether the checkpoint's model is the one being trained, and it holds
 the single copy of the run's progress (saved in the commit marker).
 
-The stored format and commit protocol are in `checkpoint_files`; where files are staged and how
-they reach run storage (a local path, or a URI such as s3://) is `checkpoint_store`.
+Which checkpoint: the driver chooses once, with every check (`choose_checkpoint`), before any
+worker starts, and hands the choice and a launch id to the workers (`plan_launch`). When Ray
+Train restarts the workers of the same launch (a failure, an elastic resize), they continue from
+the newest checkpoint that launch committed instead (each marker records its launch id).
+
+The stored format and commit protocol are in `pipelines.checkpoint.files`; where files are
+staged and how they reach run storage (a local path, or a URI such as s3://) is
+`pipelines.checkpoint.store`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +27,7 @@ import torch
 
 from pipelines.checkpoint import files
 from pipelines.checkpoint import marker as markers
-from pipelines.checkpoint.files import Checkpoint
+from pipelines.checkpoint.files import Checkpoint, check_loadable, checkpoints_root
 from pipelines.checkpoint.rank_state import (
     rank_state_files,
     read_rank_state,
@@ -36,7 +44,8 @@ from pipelines.errors import CheckpointError
 from pipelines.layout import checkpoint_tag
 from pipelines.seeds import rank_seed, resharded_rank_seed
 from pipelines.storage import Location
-from pipelines.train.distill import check_same_teacher, teacher_identity
+from pipelines.train import model_init
+from pipelines.train.distill import TeacherIdentity, check_same_teacher, teacher_identity
 from pipelines.train.request import TrainRequest
 from vit_core import ViTConfig
 
@@ -69,16 +78,40 @@ def select_checkpoint(root: Location | Path | str, resume: str) -> Checkpoint | 
     return files.open_checkpoint(resume)
 
 
-def check_same_model(found: Checkpoint, architecture: ViTConfig) -> None:
+def check_same_model(found: Checkpoint, model: ViTConfig) -> None:
     """Resuming is only for the same architecture (regularisation or grad checkpointing may
     change; shapes and forward may not)."""
     saved = found.meta.get("vit_config")
-    diff = architecture_changes(saved, architecture) if saved is not None else []
+    diff = architecture_changes(saved, model) if saved is not None else []
     if diff:
         raise CheckpointError(
             f"checkpoint {found.uri} was trained with a different model ({', '.join(diff)}); "
             "restore the model section, or start a new run with --run-dir or --resume never"
         )
+
+
+def choose_checkpoint(request: TrainRequest) -> Checkpoint | None:
+    """The checkpoint a launch resumes from, chosen once with every check, so that a wrong one
+    fails before anything starts: what `--resume` asks for, refused unless it holds the model
+    being trained, was trained with the same teacher (or none), and its files match their
+    marker and none could run code."""
+    found = select_checkpoint(checkpoints_root(request.run_dir), request.resume)
+    if found is None:
+        return None
+    config = request.config
+    check_same_model(found, model_init.architecture(request, model_init.num_classes(config)))
+    check_same_teacher(found.meta.get("teacher"), _teacher_identity(config))
+    check_loadable(found)  # the slowest check last: it hashes every file
+    return found
+
+
+def plan_launch(request: TrainRequest) -> tuple[TrainRequest, Checkpoint | None]:
+    """The driver's side, before any worker starts: the request the workers get, with a new
+    launch id and the checkpoint chosen (`choose_checkpoint`); and that checkpoint."""
+    found = choose_checkpoint(request)
+    chosen = found.uri if found is not None else None
+    planned = dataclasses.replace(request, launch_id=uuid.uuid4().hex, resume_from=chosen)
+    return planned, found
 
 
 class Checkpointer:
@@ -97,10 +130,9 @@ class Checkpointer:
         self.ctx = ctx
         self.store = CheckpointStore.for_rank(request.files(ctx.node_id), ctx.rank)
         self._config: StageConfig = request.config
-        distill = request.config.distill
-        self._teacher = teacher_identity(distill) if distill is not None else None
+        self._teacher = _teacher_identity(request.config)
+        self.launch_id, self.resume_from = self._resume_point()
         self._meta = self._static_meta(architecture, classes)
-        self.resume_from = self._choose(architecture)
         self.load_universal = self.resume_from is not None and self._needs_universal(
             self.resume_from
         )
@@ -198,20 +230,25 @@ class Checkpointer:
                 "checkpoint is kept; free space, then resume with --resume auto)"
             )
 
-    def _choose(self, architecture: ViTConfig) -> Checkpoint | None:
-        """Rank 0 decides (it alone warns about torn folders); every rank gets its answer."""
+    def _resume_point(self) -> tuple[str, Checkpoint | None]:
+        """This launch's id and the checkpoint it continues from. Rank 0 decides (under torchrun
+        the other ranks have no driver's choice) and every rank gets its answer: the newest
+        checkpoint this launch committed, when Ray Train restarted its workers (it passed the
+        checks as it was written, and `--resume never` meant "before this launch"); else the
+        driver's choice (`choose_checkpoint`), which opens here without choosing again."""
 
-        def decide() -> str | None:
-            found = select_checkpoint(self.store.storage, self.request.resume)
-            return found.uri if found else None
+        def decide() -> tuple[str, str | None]:
+            launch_id = self.request.launch_id
+            assert launch_id is not None, "the driver plans the launch first (plan_launch)"
+            own = _newest_of_launch(self.store.storage, launch_id)
+            if own is not None:
+                log.info("restarted: continuing from %s, saved by this launch", own.uri)
+                return launch_id, own.uri
+            return launch_id, self.request.resume_from
 
-        chosen = self.ctx.broadcast_object(self.ctx.on_main(decide) if self.ctx.is_main else None)
-        if chosen is None:
-            return None
-        found = files.open_checkpoint(chosen)
-        check_same_model(found, architecture)
-        check_same_teacher(found.meta.get("teacher"), self._teacher)
-        return found
+        main = self.ctx.is_main
+        launch_id, chosen = self.ctx.broadcast_object(decide() if main else None)
+        return launch_id, files.open_checkpoint(chosen) if chosen is not None else None
 
     def _prepare_resume(self, found: Checkpoint) -> Checkpoint:
         """The files this rank loads, local (downloaded from remote storage); for another world
@@ -274,6 +311,7 @@ class Checkpointer:
             "mlflow_tracking_uri": tracking.uri if tracking else None,
             "init_from": request.init_from,
             "teacher": self._teacher.to_dict() if self._teacher else None,
+            "launch_id": self.launch_id,
             "preprocess": {
                 "img_size": architecture.img_size,
                 "mean": list(config.augment.mean),
@@ -281,6 +319,18 @@ class Checkpointer:
                 "crop_pct": config.augment.eval_crop_pct,
             },
         }
+
+
+def _teacher_identity(config: StageConfig) -> TeacherIdentity | None:
+    return teacher_identity(config.distill) if config.distill is not None else None
+
+
+def _newest_of_launch(root: Location, launch_id: str) -> Checkpoint | None:
+    """The newest intact checkpoint under `root` that launch `launch_id` committed."""
+    own = [
+        c for c in files.list_checkpoints(root, warn=False) if c.meta.get("launch_id") == launch_id
+    ]
+    return own[-1] if own else None
 
 
 def _legacy_state(found: Checkpoint) -> list[str]:

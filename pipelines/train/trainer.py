@@ -1,11 +1,12 @@
 """The Trainer every training process runs, with or without Ray (one process, torchrun, or a
 Ray Train worker).
 
+Construction sets up everything, the resume included, so that `train_step()` can run alone;
 `fit()` reads as the loop it is: step, maybe log, maybe evaluate, maybe checkpoint, maybe stop.
 Each concern lives in its own component: the DeepSpeed engine (model, optimizer, ZeRO), the
 loaders, the Checkpointer (what to resume, progress, when and where to save), the MetricsLogger
-(windows, MFU, metrics.jsonl, MLflow) and the StopRequest (signals, the STOP file).
-One optimizer step = `accum` micro-batches of `micro_batch_size` on every rank.
+(windows, MFU, metrics.jsonl, MLflow), the SampleKeyAudit and the StopRequest (signals, the
+STOP file). One optimizer step = `accum` micro-batches of `micro_batch_size` on every rank.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from pipelines.data.loader import ShardLoader
+from pipelines.data.loader.shard_loader import ShardLoader
 from pipelines.data.manifest import read_manifest
 from pipelines.data.mixing import mix_batch
 from pipelines.distributed import DistContext
 from pipelines.evaluation.evaluate import EvalResult, evaluate
 from pipelines.evaluation.probe import fewshot_on_shards
-from pipelines.layout import SAMPLE_KEYS_DIR, STOP_REQUEST, sample_keys_name, sample_keys_rank
+from pipelines.layout import STOP_REQUEST
 from pipelines.numerics import numerics_info
 from pipelines.seeds import mix_seed
 from pipelines.train.checkpointer import Checkpointer, Progress
@@ -32,7 +34,7 @@ from pipelines.train.distill import DistillationLoss, Teacher, check_student, lo
 from pipelines.train.engine import DeepSpeedEngine
 from pipelines.train.fast_path import FastPath
 from pipelines.train.losses import classification_loss
-from pipelines.train.metrics import MetricsFile, MetricsLogger
+from pipelines.train.metrics import MetricsLogger
 from pipelines.train.model_init import build_model
 from pipelines.train.optim import set_lr
 from pipelines.train.peak import (
@@ -44,6 +46,8 @@ from pipelines.train.peak import (
     resolve_peaks,
 )
 from pipelines.train.request import TrainRequest
+from pipelines.train.result import TrainResult
+from pipelines.train.sample_keys import SampleKeyAudit
 from pipelines.train.schedule import lr_factor
 from pipelines.train.stop import StopRequest
 from vit_core import ViTConfig, flops
@@ -52,6 +56,9 @@ log = logging.getLogger(__name__)
 
 # Steps between the collective that asks every rank whether to stop (a host sync).
 STOP_CHECK_EVERY = 5
+
+# The run's loss on (logits, targets, images): images for a teacher to see what the student saw.
+LossFn = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Trainer:
@@ -76,7 +83,8 @@ class Trainer:
         )
         self.accum = config.grad_accum_steps(ctx.world_size)
         self.mixing = config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
-        self.teacher, self.distill_loss = self._teacher(model.config)
+        self.teacher = self._teacher(model.config)
+        self.loss = self._loss()
         img_size = model.config.img_size
         self.train_loader = ShardLoader.from_config(
             config,
@@ -90,21 +98,31 @@ class Trainer:
         self.val_loader = self._val_loader(img_size, manifest)
         self.run = request.files(ctx.node_id)
         self.stop = StopRequest(self.run.at(STOP_REQUEST))
-        self.progress = Progress()
         self.lr = config.optim.lr
         self.last_eval: EvalResult | None = None
         self.last_fewshot: dict[str, float] = {}
+        self._resume()
 
-    def fit(self) -> dict[str, Any] | None:
+    def _resume(self) -> None:
+        """Continue where the chosen checkpoint left off (or start fresh), in the order exact
+        resume depends on: this rank's RNG and the loader's position first, then the logs cut
+        back to the resumed step, then the batch iterator (which draws from that RNG)."""
+        self.progress: Progress = self.checkpointer.restore(self.engine, self.train_loader)
+        self.metrics = self._metrics_logger()  # a collective: every rank
+        self.sample_keys = SampleKeyAudit.start(
+            enabled=self.config.train.record_sample_keys,
+            run=self.run,
+            ctx=self.ctx,
+            resume_step=self.checkpointer.resumed_step,
+        )
+        self._batches = iter(self.train_loader)
+        self.engine.train()
+
+    def fit(self) -> TrainResult | None:
         """Train to `train.total_steps`, or to a stop request; rank 0 returns the result."""
-        self.progress = self.checkpointer.restore(self.engine, self.train_loader)
-        self.metrics = self._metrics_logger()
-        self.sample_keys = self._sample_key_log()
         total = self.config.train.total_steps
         log_every = self.config.train.log_every_n_steps
         status = "finished"
-        self._batches = iter(self.train_loader)
-        self.engine.train()
         self._log_start()
         with self.stop.on_signals(signal.SIGTERM, signal.SIGINT):
             while self.progress.step < total:
@@ -116,7 +134,7 @@ class Trainer:
                     self._log_train()
                 self._maybe_evaluate(done)
                 if self.checkpointer.maybe_save(step, force=done or stopping):
-                    self._sync_sample_keys()
+                    self.sample_keys.sync()
                 if stopping and not done:
                     status = "stopped"
                     break
@@ -129,23 +147,12 @@ class Trainer:
         self.lr = set_lr(self.engine.optimizer, config.optim.lr, factor)
         for micro in range(self.accum):
             batch, wait = self._next_batch()
-            if self.sample_keys is not None:
-                record = {"step": step + 1, "epoch": self.progress.epoch, "keys": batch["key"]}
-                self.sample_keys.write(record)
+            self.sample_keys.record(step=step + 1, epoch=self.progress.epoch, keys=batch["key"])
             images, targets = batch["image"], batch["label"]
             if self.mixing:
                 images, targets = self._mix(images, targets, step, micro)
             logits = self.engine(images)
-            targets = targets.to(self.engine.device)
-            if self.teacher is not None:
-                loss = self.distill_loss(logits, targets, self._teacher_logits(images))
-            else:
-                loss = classification_loss(
-                    logits,
-                    targets,
-                    kind=config.train.loss,
-                    label_smoothing=0.0 if self.mixing else config.train.label_smoothing,
-                )
+            loss = self.loss(logits, targets.to(self.engine.device), images)
             self.engine.backward(loss)
             self.engine.step()
             self.metrics.add(loss, images.shape[0], wait)
@@ -153,10 +160,6 @@ class Trainer:
         self.progress.samples_seen += config.train.global_batch_size
 
     # -- the pieces of the loop -------------------------------------------------------------
-
-    def _sync_sample_keys(self) -> None:
-        if self.sample_keys is not None:
-            self.sample_keys.sync()
 
     def _next_batch(self) -> tuple[dict[str, Any], float]:
         """The next micro-batch (rolling over to the next epoch) and the seconds waited for it."""
@@ -169,22 +172,33 @@ class Trainer:
             batch = next(self._batches, None)
         return batch, time.perf_counter() - start
 
-    def _teacher(self, student: ViTConfig) -> tuple[Teacher | None, DistillationLoss | None]:
+    def _teacher(self, student: ViTConfig) -> Teacher | None:
         """DeiT distillation (`distill:`): the teacher runs beside the engine on every rank, in
         the training precision, frozen; it is neither sharded nor checkpointed."""
         if self.config.distill is None:
-            return None, None
-        teacher = load_teacher(
+            return None
+        return load_teacher(
             self.config.distill,
             num_classes=self.num_classes,
             img_size=student.img_size,
             device=self.engine.device,
             dtype=self.engine.input_dtype,
         )
-        loss = DistillationLoss.from_config(self.config)
-        if self.mixing:  # label smoothing is already folded into the mixed targets
-            loss = dataclasses.replace(loss, label_smoothing=0.0)
-        return teacher, loss
+
+    def _loss(self) -> LossFn:
+        """The run's loss, decided once: DeiT's with a teacher, else the classification loss.
+        Mixup/CutMix fold label smoothing into their soft targets, so then the loss adds none."""
+        train = self.config.train
+        smoothing = 0.0 if self.mixing else train.label_smoothing
+        if self.teacher is None:
+            return lambda logits, targets, images: classification_loss(
+                logits, targets, kind=train.loss, label_smoothing=smoothing
+            )
+        distill = DistillationLoss.from_config(self.config)
+        distill = dataclasses.replace(distill, label_smoothing=smoothing)
+        return lambda logits, targets, images: distill(
+            logits, targets, self._teacher_logits(images)
+        )
 
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         """On exactly the student's batch (after Mixup/CutMix), as the engine feeds it."""
@@ -286,21 +300,6 @@ class Trainer:
             device=self.engine.device,
         )
 
-    def _sample_key_log(self) -> MetricsFile | None:
-        """Every key this rank reads (`train.record_sample_keys`, an audit). On a resume with
-        fewer ranks, rank 0 also cuts the files of ranks that are gone back to the checkpoint:
-        what they read after it was never committed."""
-        if not self.config.train.record_sample_keys:
-            return None
-        resumed = self.checkpointer.resumed_step
-        if self.ctx.is_main and resumed is not None:
-            for entry in self.run.at(SAMPLE_KEYS_DIR).list_dir():
-                rank = sample_keys_rank(entry.name)
-                if rank is not None and rank >= self.ctx.world_size:
-                    MetricsFile(self.run, SAMPLE_KEYS_DIR, entry.name, resume_step=resumed)
-        name = sample_keys_name(self.ctx.rank)
-        return MetricsFile(self.run, SAMPLE_KEYS_DIR, name, resume_step=resumed)
-
     def _peaks(self) -> Peaks:
         """The rated peak of the dtype the matmuls run in (`mfu`) and the measured one."""
         on_gpu = self.ctx.device == "cuda"
@@ -337,33 +336,30 @@ class Trainer:
             self.fast.describe(),
         )
 
-    def _result(self, status: str) -> dict[str, Any] | None:
+    def _result(self, status: str) -> TrainResult | None:
         overall = self.metrics.finish()  # a collective: every rank
         if not self.ctx.is_main:
             return None
-        evaluated = self.last_eval
-        resumed = self.checkpointer.resume_from
-        saved = self.checkpointer.last_saved
-        loader_stats = {f"loader_{k}": v for k, v in self.train_loader.stats().items()}
-        return {
-            "stage": self.request.stage,
-            "status": status,
-            "steps": self.progress.step,
-            "epoch": self.progress.epoch,
-            "samples_seen": self.progress.samples_seen,
-            "world_size": self.ctx.world_size,
-            "nodes": self.metrics.ranks_by_node,  # node id -> ranks (a restart may move them)
-            "final_train_loss": self.metrics.last_loss,
-            "val_top1": evaluated.top1 if evaluated else None,
-            "val_top5": evaluated.top5 if evaluated else None,
-            "val_loss": evaluated.loss if evaluated else None,
+        evaluated, resumed = self.last_eval, self.checkpointer.resume_from
+        return TrainResult(
+            stage=self.request.stage,
+            status=status,
+            steps=self.progress.step,
+            epoch=self.progress.epoch,
+            samples_seen=self.progress.samples_seen,
+            world_size=self.ctx.world_size,
+            nodes=self.metrics.ranks_by_node,
+            final_train_loss=self.metrics.last_loss,
+            val_top1=evaluated.top1 if evaluated else None,
+            val_top5=evaluated.top5 if evaluated else None,
+            val_loss=evaluated.loss if evaluated else None,
             **overall,
-            "fast_path": self.fast.describe(),
-            "numerics": numerics_info(),
-            "peak_memory_bytes": peak_memory_bytes(self.engine.device),
-            "checkpoint": saved,
-            "resumed_from": resumed.uri if resumed else None,
-            "num_classes": self.num_classes,
-            **self.last_fewshot,
-            **loader_stats,
-        }
+            fast_path=self.fast.describe(),
+            numerics=numerics_info(),
+            peak_memory_bytes=peak_memory_bytes(self.engine.device),
+            checkpoint=self.checkpointer.last_saved,
+            resumed_from=resumed.uri if resumed else None,
+            num_classes=self.num_classes,
+            fewshot=dict(self.last_fewshot),
+            loader=self.train_loader.stats(),
+        )

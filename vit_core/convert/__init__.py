@@ -1,7 +1,7 @@
 """Interop with timm (`timm_interop`) and Hugging Face transformers (`hf_interop`, and
 `hf_dir` for save_pretrained directories). Nothing here imports timm or transformers."""
 
-from .hf_dir import load_hf_dir
+from .hf_dir import hf_dir_architecture, load_hf_dir
 from .hf_interop import config_from_hf, from_hf, hf_architecture, hf_config_dict, to_hf
 from .timm_interop import config_from_timm, from_timm, timm_kwargs, to_timm
 
@@ -12,6 +12,7 @@ __all__ = [
     "from_timm",
     "hf_architecture",
     "hf_config_dict",
+    "hf_dir_architecture",
     "load_hf_dir",
     "timm_kwargs",
     "to_hf",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from ..config import ViTConfig
 from ..model import VisionTransformer
 from .hf_interop import config_from_hf_fields, from_hf_state, normalize_hf_keys
 
@@ -62,26 +64,56 @@ def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _read_config(root: Path) -> dict:
+    if not (root / "config.json").is_file():
+        raise ValueError(f"{root}: no config.json (not a Hugging Face save_pretrained directory)")
+    return json.loads(_inside(root, "config.json", "the directory").read_text())
+
+
+def _architecture(cfg: dict, shapes: Mapping[str, Sequence[int]]) -> ViTConfig:
+    """The config of a save_pretrained dir: its head follows the classifier its weights hold
+    (DeiT's two, one linear, or a pooler, whose width is the hidden layer's)."""
+    if "cls_classifier.weight" in shapes:
+        num_classes = shapes["cls_classifier.weight"][0]
+        return config_from_hf_fields(cfg, num_classes, pooler=False, distilled=True)
+    if "classifier.weight" in shapes:
+        return config_from_hf_fields(cfg, shapes["classifier.weight"][0], pooler=False)
+    num_classes = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels") or 2)
+    pooler = shapes.get("pooler.dense.weight")
+    hidden = pooler[0] if pooler is not None else None
+    return config_from_hf_fields(cfg, num_classes, pooler is not None, hidden)
+
+
+def _weight_shapes(root: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape: safetensors headers only; a torch file is read whole."""
+    from safetensors import safe_open  # lazy: vit_core imports torch only
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in weight_files(root):
+        if file.suffix != ".safetensors":
+            shapes.update({k: tuple(v.shape) for k, v in read_weight_file(file).items()})
+            continue
+        with safe_open(str(file), framework="pt") as tensors:
+            for name in tensors.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                shapes[name] = tuple(tensors.get_slice(name).get_shape())
+    return shapes
+
+
+def hf_dir_architecture(path: str | os.PathLike[str]) -> ViTConfig:
+    """The ViTConfig `load_hf_dir` would build, from config.json and the weights' names and
+    shapes, without reading their values (where the files are safetensors)."""
+    root = Path(path)
+    return _architecture(_read_config(root), normalize_hf_keys(_weight_shapes(root)))
+
+
 def load_hf_dir(path: str | os.PathLike[str]) -> VisionTransformer:
     """Our model from a transformers `save_pretrained` directory (ViTModel,
     ViTForImageClassification or DeiTForImageClassificationWithTeacher)."""
     root = Path(path)
-    config_file = root / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{root}: no config.json (not a Hugging Face save_pretrained directory)")
-    cfg = json.loads(_inside(root, "config.json", "the directory").read_text())
+    cfg = _read_config(root)
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(root):
         state.update(read_weight_file(file))
     state = normalize_hf_keys(state)
-    if "cls_classifier.weight" in state:
-        num_classes = state["cls_classifier.weight"].shape[0]
-        config = config_from_hf_fields(cfg, num_classes, pooler=False, distilled=True)
-    elif "classifier.weight" in state:
-        config = config_from_hf_fields(cfg, state["classifier.weight"].shape[0], pooler=False)
-    else:
-        num_classes = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels") or 2)
-        pooler = state.get("pooler.dense.weight")
-        hidden = pooler.shape[0] if pooler is not None else None
-        config = config_from_hf_fields(cfg, num_classes, pooler is not None, hidden)
+    config = _architecture(cfg, {k: tuple(v.shape) for k, v in state.items()})
     return from_hf_state(config, state)
