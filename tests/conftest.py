@@ -48,6 +48,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def process_group():
+    """A one-process gloo group for the life of the session, as `launchers.run_local` keeps it
+    (DeepSpeed caches the group); a FileStore, as run_local uses: no listening socket."""
+    import torch.distributed as dist
+
+    from launch.processes.loopback import file_init_method
+    from pipelines.distributed import DistContext
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_loopback_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        dist.init_process_group("gloo", init_method=file_init_method(), rank=0, world_size=1)
+    return DistContext()
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One loopback-only local Ray for the whole session (starting Ray costs seconds)."""
     import ray

@@ -6,15 +6,10 @@ fp32 master weights, and offloaded AdamW steps through DeepSpeed's CPUAdam."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
 
 import vit_core
-from launch.processes.loopback import file_init_method
-from launch.processes.ports import free_loopback_port
 from pipelines.checkpoint import files
 from pipelines.checkpoint import marker as markers
 from pipelines.checkpoint.export import consolidated_state_dict
@@ -29,16 +24,8 @@ MODEL = {"img_size": 32, "patch_size": 8, "dim": 64, "depth": 2, "num_heads": 2,
 
 
 @pytest.fixture(scope="module")
-def ctx() -> DistContext:
-    """One process group for the life of the process, as `launch.processes.launchers.run_local` keeps it
-    (DeepSpeed caches the group)."""
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_loopback_port()))
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        # A FileStore, as run_local uses: no listening socket left in this process.
-        dist.init_process_group("gloo", init_method=file_init_method(), rank=0, world_size=1)
-    return DistContext()
+def ctx(process_group) -> DistContext:
+    return process_group
 
 
 def _engine(ctx, stage: int, precision: str = "bf16", **deepspeed) -> DeepSpeedEngine:

@@ -1,4 +1,4 @@
-"""The Ray-free launchers: `--launcher local` under torchrun (only rank 0 drives the stage), and
+"""The Ray-free launchers: `--launcher local` under torchrun (only rank 0 drives the stage and\nchooses the checkpoint the others resume from), and
 the same path with tracking off imports neither Ray nor MLflow (the GPU check runs it where
 neither is installed)."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from launch.processes.ports import free_loopback_port
 
-from train_fixtures import child_env, summary, tiny_job, write_yaml
+from train_fixtures import child_env, keys_by_epoch, summary, tiny_job, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -40,27 +40,38 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_torchrun_with_two_processes_drives_the_stage_from_rank_0_only(fractal_shards, tmp_path):
-    raw = tiny_job(fractal_shards, tmp_path, train={"total_steps": 4}, cluster={"num_workers": 2})
+def _torchrun(config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-addr", "127.0.0.1", "--master-port", str(free_loopback_port())]
+    command += ["-m", "launch.cli", "pretrain", "-c", str(config), "--launcher", "local"]
+    command += ["--run-dir", str(run_dir), "--no-progress", *extra]
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_ranks_stop_and_resume_with_rank_0_driving(fractal_shards, tmp_path):
+    raw = tiny_job(
+        fractal_shards,
+        tmp_path,
+        train={"total_steps": 4, "record_sample_keys": True},
+        checkpoint={"every_n_steps": 2},
+        cluster={"num_workers": 2},
+    )
     config = write_yaml(raw, tmp_path / "config.yaml")
     run_dir = tmp_path / "run"
-    port = free_loopback_port()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
-    done = subprocess.run(
-        [*torchrun, "-m", "launch.cli", "pretrain", "-c", str(config), "--launcher", "local"]
-        + ["--run-dir", str(run_dir), "--no-progress"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    first = _torchrun(config, run_dir, "--stop-at-step", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert summary(run_dir)["status"] == "stopped"
+    done = _torchrun(config, run_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1 and results[0]["status"] == "finished"  # rank 1 prints nothing
     written = summary(run_dir)
     assert written["status"] == "finished" and written["world_size"] == 2
     assert written["steps"] == 4
+    # Both ranks continued from the driver's (rank 0's) choice: no sample read twice.
+    assert written["resumed_from"].endswith("step_0000002")
+    epoch0 = keys_by_epoch(run_dir)[0]
+    assert len(epoch0) == len(set(epoch0)) == 4 * 32
 
     from mlflow.tracking import MlflowClient
 

@@ -19,7 +19,7 @@ import torch
 
 from launch.stages.training import run_training_stage
 from pipelines.checkpoint.export import consolidated_state_dict, export_checkpoint, load_exported
-from pipelines.checkpoint.files import latest_checkpoint, open_checkpoint
+from pipelines.checkpoint.files import latest_checkpoint, list_checkpoints, open_checkpoint
 from pipelines.errors import CheckpointError
 
 from train_fixtures import (
@@ -153,7 +153,10 @@ def test_worker_killed_mid_run_is_restored_by_failure_config_bit_exact(
 
     def train() -> None:
         try:
-            outcome["result"] = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
+            # `never`: a restart continues from what this launch saved, never refuses it.
+            outcome["result"] = run_training_stage(
+                as_config(raw), run_dir=run_dir, resume="never", progress=False
+            )
         except BaseException as err:  # surfaced by the assertion below
             outcome["error"] = err
 
@@ -170,6 +173,9 @@ def test_worker_killed_mid_run_is_restored_by_failure_config_bit_exact(
     thread.join(timeout=600)
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"]["status"] == "finished"
+    assert outcome["result"]["resumed_from"] is not None  # continued, not started over
+    launches = {c.meta.get("launch_id") for c in list_checkpoints(run_dir / "checkpoints")}
+    assert len(launches) == 1 and None not in launches
     assert_same_run(reference_run, run_dir, 5)
 
 

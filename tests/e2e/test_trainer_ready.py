@@ -4,13 +4,9 @@ construction, so `train_step()` runs on its own, and `fit()` then carries on fro
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-import torch.distributed as dist
 
-from launch.processes.loopback import file_init_method
-from launch.processes.ports import free_loopback_port
 from pipelines.distributed import DistContext
 from pipelines.train.checkpointer import plan_launch
 from pipelines.train.request import TrainRequest
@@ -22,14 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ctx() -> DistContext:
-    """One process group for the life of the process, as `launchers.run_local` keeps it."""
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_loopback_port()))
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        dist.init_process_group("gloo", init_method=file_init_method(), rank=0, world_size=1)
-    return DistContext()
+def ctx(process_group) -> DistContext:
+    return process_group
 
 
 def test_train_step_runs_alone_after_construction(fractal_shards, tmp_path, ctx):
