@@ -7,8 +7,8 @@ A source in storage (`s3://...`) is read from a local copy in this user's own ca
 the temp dir, mode 0700), one folder per URI, which always holds exactly what the source holds
 now: a file the source no longer lists is removed before anything is loaded; a checkpoint's
 files are reused only when they match the sha256 its marker records, an export's weights only
-when they match the sha256 its config.json records (exports written since 0.4); every other file
-is downloaded again each time.
+when they match the sha256 its config.json records (an older export records none); every other
+file is downloaded again each time.
 """
 
 from __future__ import annotations
