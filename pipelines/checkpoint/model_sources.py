@@ -79,7 +79,8 @@ def _local(path: str | Path, cache: Path | None = None) -> _Local:
         raise CheckpointError(f"--from {location.uri!r} does not exist")
     checkpoint = open_checkpoint(location)
     _keep_only(dest, {checkpoint.tag})  # an older checkpoint of the same run dir
-    _keep_only(dest / checkpoint.tag, {*checkpoint.files, MARKER})
+    listed = {name.split("/")[0] for name in checkpoint.files}
+    _keep_only(dest / checkpoint.tag, listed | {MARKER})
     return _Local(local_copy(checkpoint, dest, names=None).path, checkpoint.uri)
 
 
