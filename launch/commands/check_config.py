@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from launch.commands.common import add_config_args
+from launch.commands.common import add_config_args, warn_about_paths
 from pipelines.config import dump_config, load_config
 from pipelines.config.loader import read_yaml
 from pipelines.config.pipeline import is_pipeline, load_pipeline
@@ -22,9 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if is_pipeline(read_yaml(Path(args.config))):
         _, stages = load_pipeline(args.config, args.overrides)
+        warn_about_paths(list(stages.values()))
         for stage, config in stages.items():
             sys.stdout.write(f"# --- {stage} ---\n{dump_config(config)}")
         return 0
     config = load_config(args.config, args.overrides)
+    warn_about_paths([config])
     sys.stdout.write(dump_config(config))
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 NAME = "checkpoint"
 HELP = (
@@ -25,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "is rewritten with the new sizes and sha256. Use it only on files you trust."
         ),
     )
-    upgrade.add_argument("path", type=Path, help="a checkpoint folder or one file in it")
+    upgrade.add_argument(
+        "path", help="a checkpoint folder or one file in it (a local path or a storage URI)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "upgraded": str(item.source),
-                    "written": [str(p) for p in item.written],
+                    "upgraded": item.source,
+                    "written": list(item.written),
                     "note": item.note,
                 }
             )

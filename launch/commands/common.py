@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from launch.processes.launchers import LAUNCHERS
 from pipelines.config import StageConfig, load_config
-from pipelines.config.paths import with_absolute_paths
+from pipelines.config.paths import tracking_link_warning, with_absolute_paths
 from pipelines.layout import SUMMARY
 
 
@@ -69,7 +70,16 @@ def load_stage_config(args: argparse.Namespace) -> StageConfig:
     if getattr(args, "runlocal", False):
         overrides.append("runlocal=true")
     config = load_config(args.config, overrides)
+    warn_about_paths([config])
     return with_absolute_paths(config, getattr(args, "run_dir", None))
+
+
+def warn_about_paths(configs: list[StageConfig]) -> None:
+    """What the user should know about where the configs write (once per warning), before
+    their relative paths are resolved."""
+    warnings = {tracking_link_warning(config.tracking.uri) for config in configs}
+    for warning in sorted(w for w in warnings if w):
+        print(warning, file=sys.stderr, flush=True)
 
 
 def print_result(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> int:

@@ -13,15 +13,33 @@ HELP = "list a Ray cluster's jobs, or show the status or logs of one, or stop it
 ACTIONS = ("list", "status", "logs", "stop")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=ACTIONS)
-    parser.add_argument("job_id", nargs="?", metavar="JOB_ID", help="for status, logs and stop")
+def add_api_args(parser: argparse.ArgumentParser) -> None:
+    """--address and --timeout, as `submit` and `jobs` take them."""
     parser.add_argument(
         "--address",
         required=True,
         metavar="URL",
         help="the Ray dashboard / Jobs API, http://HEAD:8265 (keep it on a private network)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=api.CALL_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"the most any one call to the Jobs API may take (default {api.CALL_TIMEOUT_S:g})",
+    )
+
+
+def connect(args: argparse.Namespace) -> api.JobsClient:
+    return api.connect(
+        args.address, warn=lambda m: print(m, file=sys.stderr, flush=True), timeout_s=args.timeout
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("job_id", nargs="?", metavar="JOB_ID", help="for status, logs and stop")
+    add_api_args(parser)
     parser.add_argument(
         "--follow",
         action="store_true",
@@ -37,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"vitpipe jobs {args.action} needs a JOB_ID")
     if args.action == "list" and args.job_id:
         raise ConfigError("vitpipe jobs list takes no JOB_ID")
-    client = api.connect(args.address, warn=lambda m: print(m, file=sys.stderr))
+    client = connect(args)
     if args.action == "list":
         return _list(client)
     if args.action == "status":

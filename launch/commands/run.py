@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from launch.commands.common import add_config_args, add_run_dir_args
+from launch.commands.common import add_config_args, add_run_dir_args, warn_about_paths
 from launch.stages.pipeline import format_table, run_pipeline
 from pipelines.config.pipeline import load_pipeline, resolve_stages
 from pipelines.layout import SUMMARY
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     pipeline, stages = load_pipeline(args.config, args.overrides)
+    warn_about_paths(list(stages.values()))
     run_dir, stages = resolve_stages(pipeline, stages, args.run_dir)
     summary = run_pipeline(pipeline, stages, run_dir=run_dir, progress=not args.no_progress)
     print(format_table(summary))

@@ -14,9 +14,18 @@ HELP = "write WebDataset shards, manifest.json and rejected.parquet from a sourc
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--rehash",
+        nargs="*",
+        default=None,
+        metavar="SHARD",
+        help="index these of your shards again (a name or URI each; none: all) even where "
+        "their size and mtime look unchanged: what a shard changed in place needs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = run_shard(load_stage_config(args), progress=not args.no_progress)
+    rehash = False if args.rehash is None else (args.rehash or True)
+    summary = run_shard(load_stage_config(args), progress=not args.no_progress, rehash=rehash)
     print(format_summary(summary))
     return 0

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from launch.commands.common import add_config_args
-from launch.commands.jobs import exit_status
+from launch.commands.jobs import add_api_args, connect, exit_status
 from launch.jobs import api
 from launch.jobs.spec import STAGES, build_job
 
@@ -26,12 +26,7 @@ HELP = "submit a stage to a Ray cluster (Ray Jobs API) and follow its logs"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
-    parser.add_argument(
-        "--address",
-        required=True,
-        metavar="URL",
-        help="the Ray dashboard / Jobs API, http://HEAD:8265 (keep it on a private network)",
-    )
+    add_api_args(parser)
     parser.add_argument("--stage", choices=STAGES, default="pretrain", help="default: pretrain")
     parser.add_argument(
         "--from",
@@ -66,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         init_from=args.init_from,
     )
-    client = api.connect(args.address, warn=_warn)
+    client = connect(args)
     address = client.get_address()
     with tempfile.TemporaryDirectory(prefix="vitpipe-submit-") as tmp:
         (Path(tmp) / api.CONFIG_NAME).write_text(spec.config_text)
@@ -94,7 +89,3 @@ def run(args: argparse.Namespace) -> int:
         )
         raise
     return exit_status(job_id, info)
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

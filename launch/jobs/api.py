@@ -12,6 +12,11 @@ authentication (ShadowRay, CVE-2023-48022; newer Ray has `RAY_AUTH_MODE=token`, 
 client needs `RAY_AUTH_MODE=token` and the cluster's token too). Keep it on a private network or behind an
 authenticating https proxy; never put secrets into a job's runtime_env (anyone who can list
 jobs reads them).
+
+Every call to the Jobs API has one overall deadline (`--timeout`): `requests`' own timeout
+restarts on every byte, so a server that trickles bytes would hold it forever, and the SDK client
+sets none. A call past its deadline is one line naming the address; the request left behind
+runs on in a daemon thread and ends with the process.
 """
 
 from __future__ import annotations
@@ -21,20 +26,24 @@ import ipaddress
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pipelines.config import StageConfig
 from pipelines.errors import ConfigError, VitpipeError
 
+T = TypeVar("T")
+
 CONFIG_NAME = "config.resolved.yaml"
 CONSOLE_SCRIPT = "vitpipe"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 PROBE_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 30.0  # the default --timeout: any one call to the Jobs API
 # How long `vitpipe jobs stop` gives a job between SIGTERM and SIGKILL (Ray's default is 3 s):
 # time for a driver that turns SIGTERM into "checkpoint at the next step" to finish that.
 STOP_GRACE_S = 300
@@ -85,19 +94,71 @@ def _is_internal(host: str) -> bool:
     return bool(addresses) and not any(a.is_global for a in addresses)
 
 
-def connect(address: str, *, warn: Callable[[str], None] | None = None):
-    """A `JobSubmissionClient` for `address`, after a quick reachability probe, so that a
-    wrong or dead address is one line naming it, within seconds."""
+class JobsClient:
+    """Ray's `JobSubmissionClient` with a deadline on every call (`call`)."""
+
+    def __init__(self, sdk: Any, address: str, timeout_s: float):
+        self.sdk, self.address, self.timeout_s = sdk, address, timeout_s
+
+    def get_address(self) -> str:
+        return self.address
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        bound = getattr(self.sdk, method)
+        return within_deadline(lambda: bound(*args, **kwargs), self.address, self.timeout_s)
+
+    def tail_job_logs(self, job_id: str):
+        """The SDK's websocket tail (no deadline: a job may print nothing for hours)."""
+        return self.sdk.tail_job_logs(job_id)
+
+
+def within_deadline(fn: Callable[[], T], address: str, timeout_s: float) -> T:
+    """`fn()`, or one line once `timeout_s` has passed without its answer (however many bytes
+    trickled in meanwhile)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name="vitpipe-jobs-api", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise VitpipeError(
+            f"the Ray Jobs API at {address} gave no complete answer in {timeout_s:g} s (it "
+            "stopped answering or is too slow; --timeout sets this limit)"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def connect(
+    address: str,
+    *,
+    warn: Callable[[str], None] | None = None,
+    timeout_s: float = CALL_TIMEOUT_S,
+) -> JobsClient:
+    """A client for `address`, after a quick reachability probe, so that a wrong or dead
+    address is one line naming it, within seconds; each call then has `timeout_s`."""
     import requests
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    if not timeout_s > 0:
+        raise ConfigError(f"--timeout {timeout_s}: give a number of seconds above 0")
     address = normalize_address(address)
     message = exposure_warning(address)
     if message and warn is not None:
         warn(message)
+    probe_s = min(PROBE_TIMEOUT_S, timeout_s)
     try:
-        reply = requests.get(f"{address}/api/version", timeout=PROBE_TIMEOUT_S)
+        reply = within_deadline(
+            lambda: requests.get(f"{address}/api/version", timeout=probe_s), address, probe_s
+        )
     except requests.exceptions.Timeout:
         raise VitpipeError(
             f"cannot reach the Ray Jobs API at {address}: no answer in {PROBE_TIMEOUT_S:.0f} s"
@@ -112,7 +173,8 @@ def connect(address: str, *, warn: Callable[[str], None] | None = None):
             f"{address} is not a Ray dashboard (HTTP {reply.status_code} on /api/version)"
         )
     try:
-        return JobSubmissionClient(address)
+        sdk = within_deadline(lambda: JobSubmissionClient(address), address, timeout_s)
+        return JobsClient(sdk, address, timeout_s)
     except AuthenticationError as err:
         refused = "rejected our token" if "invalid" in str(err).lower() else "got no token"
         raise VitpipeError(
@@ -166,7 +228,8 @@ def submit(
     metadata: dict[str, str] | None = None,
 ) -> str:
     try:
-        return client.submit_job(
+        return client.call(
+            "submit_job",
             entrypoint=entrypoint,
             submission_id=job_id,
             runtime_env={"working_dir": str(working_dir), "env_vars": dict(JOB_ENV)},
@@ -179,7 +242,7 @@ def submit(
 def job_info(client, job_id: str):
     """`JobDetails` of one job; an unknown id is one line naming it."""
     try:
-        return client.get_job_info(job_id)
+        return client.call("get_job_info", job_id)
     except RuntimeError as err:
         if "404" in str(err) or "does not exist" in str(err):
             raise VitpipeError(f"no job {job_id!r} on {client.get_address()}") from None
@@ -188,7 +251,7 @@ def job_info(client, job_id: str):
 
 def list_jobs(client) -> list:
     try:
-        jobs = client.list_jobs()
+        jobs = client.call("list_jobs")
     except RuntimeError as err:
         raise VitpipeError(f"listing jobs on {client.get_address()}: {_sdk_reason(err)}") from None
     return sorted(jobs, key=lambda job: job.start_time or 0)
@@ -197,7 +260,7 @@ def list_jobs(client) -> list:
 def job_logs(client, job_id: str) -> str:
     job_info(client, job_id)
     try:
-        return client.get_job_logs(job_id)
+        return client.call("get_job_logs", job_id)
     except RuntimeError as err:
         raise VitpipeError(f"logs of job {job_id!r}: {_sdk_reason(err)}") from None
 
@@ -206,7 +269,7 @@ def stop_job(client, job_id: str) -> bool:
     """True when the job was running and was asked to stop."""
     job_info(client, job_id)
     try:
-        return bool(client.stop_job(job_id))
+        return bool(client.call("stop_job", job_id))
     except RuntimeError as err:
         raise VitpipeError(f"stopping job {job_id!r}: {_sdk_reason(err)}") from None
 
@@ -226,6 +289,8 @@ def follow_logs(client, job_id: str, write: Callable[[str], Any] | None = None) 
 
     try:
         asyncio.run(tail())
+    except VitpipeError:
+        raise
     except Exception:
         _poll_logs(client, job_id, write, skip=written)
 
@@ -234,7 +299,7 @@ def _poll_logs(client, job_id: str, write: Callable[[str], Any], *, skip: int) -
     interval = 1.0
     while True:
         status = str(job_info(client, job_id).status)
-        text = client.get_job_logs(job_id)
+        text = client.call("get_job_logs", job_id)
         if len(text) > skip:
             write(text[skip:])
             _flush(write)

@@ -1,10 +1,17 @@
 """One function over many tasks as Ray tasks, at most `num_workers` in flight, with a progress
 bar: how `vitpipe shard` writes shards and indexes users' shards. Results come back in task
-order whatever order they finish in; the first failure cancels what is still pending."""
+order whatever order they finish in; the first failure cancels what is still pending.
+
+`stoppable_ray()` is the Ray such a stage runs in: SIGTERM or Ctrl-C asks it to stop (no new
+task starts, the ones in flight finish and keep their work, `run_bounded` raises `Stopped`),
+a second signal aborts. Ours is installed after Ray's own handler, which would dump a C++ stack
+and leave the driver's Ray processes behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -19,10 +26,29 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from launch.processes.ray_cluster import ray_session
+from pipelines.config import ClusterSection
 from pipelines.errors import DataError, VitpipeError
+from pipelines.train.stop import StopRequest
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class Stopped(Exception):
+    """A stop was requested: the tasks that were in flight finished, the rest never started."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"stopped after {done} of {total} tasks")
+        self.done, self.total = done, total
+
+
+@contextlib.contextmanager
+def stoppable_ray(cluster: ClusterSection) -> Iterator[StopRequest]:
+    """Ray for the duration of a stage, with SIGTERM and SIGINT as a request to stop."""
+    stop = StopRequest()
+    with ray_session(cluster), stop.on_signals(signal.SIGTERM, signal.SIGINT):
+        yield stop
 
 
 def run_bounded(
@@ -33,10 +59,12 @@ def run_bounded(
     num_workers: int,
     what: Callable[[T], str],
     on_result: Callable[[T, R], None] = lambda task, result: None,
+    stop: StopRequest | None = None,
 ) -> list[R]:
     """`fn(shared, task)` for every task on Ray (`shared` is put in the object store once).
     A task's VitpipeError is raised as it is; anything else becomes a DataError naming
-    `what(task)`."""
+    `what(task)`. Once `stop` is requested no task starts; `Stopped` is raised when the ones
+    in flight have finished."""
     import ray
     from ray.exceptions import RayTaskError
 
@@ -46,10 +74,14 @@ def run_bounded(
     pending: dict[Any, int] = {}
     results: dict[int, R] = {}
     try:
-        while queue or pending:
+        while True:
+            if stop is not None and stop.signalled():
+                queue.clear()
             while queue and len(pending) < num_workers:
                 index = queue.popleft()
                 pending[remote.remote(shared_ref, tasks[index])] = index
+            if not pending:
+                break
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 index = pending.pop(ref)
@@ -68,6 +100,8 @@ def run_bounded(
         for ref in pending:
             ray.cancel(ref)
         raise
+    if len(results) < len(tasks):
+        raise Stopped(len(results), len(tasks))
     return [results[i] for i in range(len(tasks))]
 
 

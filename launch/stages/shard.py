@@ -12,31 +12,38 @@ that are not what it says.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from launch.processes.ray_cluster import ray_session
-from launch.processes.ray_tasks import run_bounded, task_progress
+from launch.processes.ray_tasks import Stopped, run_bounded, stoppable_ray, task_progress
 from launch.stages.lifecycle import stage_run
-from launch.stages.shard_index import format_index_summary, index_shards
+from launch.stages.shard_index import format_index_summary, index_shards, stopped_fields
 from pipelines.config import ShardSection, StageConfig
 from pipelines.data import shard_set
 from pipelines.data.manifest import MANIFEST_NAME, split_counts
 from pipelines.data.rejects import count_reasons
 from pipelines.data.shard_writer import ShardResult, ShardWriteSettings, write_shard
 from pipelines.data.write_plan import ShardTask
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, VitpipeError
 from pipelines.storage import locate
 from pipelines.tracking.run_params import run_params
+from pipelines.train.stop import StopRequest
 
 
 def run_shard(
-    config: StageConfig, progress: bool = True, *, parent_run_id: str | None = None
+    config: StageConfig,
+    progress: bool = True,
+    *,
+    parent_run_id: str | None = None,
+    rehash: bool | Collection[str] = False,
 ) -> dict[str, Any]:
     """Turn `config.shard.source` into WebDataset shards; returns the summary (also written to
     `<output>/summary.json` by the stage lifecycle). Paths in `config` are absolute (the CLI
-    resolves them). Uses the Ray that is already initialised, else `config.cluster`."""
+    resolves them). Uses the Ray that is already initialised, else `config.cluster`.
+    `rehash`: users' shards to index again even if they look unchanged (True: all); written
+    shards are always verified by their hash, so it changes nothing there.
+    SIGTERM or Ctrl-C stops it cleanly (status `stopped`; a re-run continues)."""
     if config.shard is None:
         raise ConfigError("shard: the config has no `shard:` section; `vitpipe shard` needs one")
     section = config.shard
@@ -51,10 +58,10 @@ def run_shard(
         params=run_params({"shard": section.model_dump(mode="json")}, stage="shard"),
     ) as run:
         if section.source.kind == "webdataset":  # index users' own shards in place
-            run.summary.update(index_shards(config, progress))
+            run.summary.update(index_shards(config, progress, rehash))
         else:
             run.summary.update(_write_shards(config, section, progress))
-        if run.run_dir.is_local:
+        if run.run_dir.is_local and run.summary.get("status") != "stopped":
             run.artifacts.append(Path(run.run_dir.join(MANIFEST_NAME).path))
     return run.summary
 
@@ -62,9 +69,12 @@ def run_shard(
 def _write_shards(config: StageConfig, section: ShardSection, progress: bool) -> dict[str, Any]:
     job, plan = shard_set.prepare(section)
     shard_set.begin(job.output, plan)
-    with ray_session(config.cluster):
+    with stoppable_ray(config.cluster) as stop:
         write_started = time.perf_counter()  # Ray start-up excluded
-        results = _run_tasks(job, plan.shards, section.num_workers, progress)
+        try:
+            results = _run_tasks(job, plan.shards, section.num_workers, progress, stop)
+        except Stopped as stopped:
+            return stopped_fields(stopped, job.output.uri, section.num_workers)
         write_elapsed = time.perf_counter() - write_started
     manifest, rejected = shard_set.finish(job, plan, results, section)
 
@@ -91,6 +101,12 @@ def _write_shards(config: StageConfig, section: ShardSection, progress: bool) ->
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The one line `vitpipe shard` prints at the end."""
+    if summary.get("status") == "stopped":
+        return (
+            f"shard: stopped after {summary['num_shards_done']} of "
+            f"{summary['num_shards_planned']} shards; run the same command again to continue "
+            f"(no manifest yet) -> {summary['output']}"
+        )
     if summary.get("mode") == "index":
         return format_index_summary(summary)
     splits = ", ".join(f"{k} {v['num_samples']}" for k, v in summary["splits"].items())
@@ -104,7 +120,11 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _run_tasks(
-    job: ShardWriteSettings, tasks: Sequence[ShardTask], num_workers: int, show_progress: bool
+    job: ShardWriteSettings,
+    tasks: Sequence[ShardTask],
+    num_workers: int,
+    show_progress: bool,
+    stop: StopRequest,
 ) -> list[ShardResult]:
     counters = {"images": 0, "skipped": 0}
     text = "shards  {task.fields[images]} images  {task.fields[skipped]} skipped"
@@ -118,6 +138,7 @@ def _run_tasks(
             on_result=lambda task, result: advance(
                 images=len(task.refs), skipped=int(result.skipped)
             ),
+            stop=stop,
         )
 
 
@@ -134,4 +155,6 @@ def ensure_shards(
         return None
     summary = run_shard(config, progress=progress, parent_run_id=parent_run_id)
     print(format_summary(summary))
+    if summary.get("status") == "stopped":
+        raise VitpipeError("stopped while sharding, before training; run it again to continue")
     return summary

@@ -33,7 +33,7 @@ from pipelines.checkpoint.safe_load import safe_load, weights_only_loads
 from pipelines.errors import CheckpointError
 from pipelines.layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
 from pipelines.storage import locate
-from pipelines.transfer import upload_dir
+from pipelines.transfer import FileDigest, file_digest, upload_dir
 
 FORMATS = ("safetensors", "timm", "hf")
 
@@ -188,15 +188,29 @@ def save_model(model, out: str | Path, *, fmt: str = "safetensors", info: dict[s
             state = to_timm(model, head=model.config.head != "mlp")
         else:
             state = model.state_dict()
-        (tmp / EXPORT_CONFIG).write_text(json.dumps(info, indent=1))
     save_file(
         {k: v.detach().float().contiguous() for k, v in state.items()},
         str(tmp / EXPORT_WEIGHTS),
     )
+    if fmt != "hf":  # the weights' digest: what a copy of the export is verified against
+        info = {**info, "weights": file_digest(tmp / EXPORT_WEIGHTS).to_json()}
+        (tmp / EXPORT_CONFIG).write_text(json.dumps(info, indent=1))
     if out.exists():
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out)
+
+
+def recorded_weights(config_file: Path) -> dict[str, FileDigest]:
+    """{weights file name: its size and sha256} as an export's config.json records them; {} for
+    an older export, a Hugging Face dir or a file that is not JSON."""
+    try:
+        info = json.loads(config_file.read_text())
+        if info.get("format") == EXPORT_FORMAT and isinstance(info.get("weights"), dict):
+            return {EXPORT_WEIGHTS: FileDigest.from_json(info["weights"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return {}
 
 
 def load_exported(path: Path):

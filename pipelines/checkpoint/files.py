@@ -41,10 +41,16 @@ class Checkpoint:
 
     location: Location
     marker: dict[str, Any]
+    origin: str | None = None  # a local copy's: the URI it was downloaded from
 
     @property
     def uri(self) -> str:
         return self.location.uri
+
+    @property
+    def shown(self) -> str:
+        """What messages call it: its URI in storage, also for a local copy."""
+        return self.origin or self.uri
 
     @property
     def path(self) -> Path:
@@ -135,11 +141,11 @@ def check_loadable(checkpoint: Checkpoint) -> None:
     remote one is verified as `local_copy` downloads it, and vetted by what loads it.)"""
     result = markers.check(checkpoint.location, checkpoint.marker, hashes=True)
     if result.problem:
-        raise CheckpointError(f"checkpoint {checkpoint.uri} cannot be loaded: {result.problem}")
+        raise CheckpointError(f"checkpoint {checkpoint.shown} cannot be loaded: {result.problem}")
     if result.notice:
         log.warning("%s", result.notice)
     if checkpoint.location.is_local:
-        vet_folder(checkpoint.path)
+        vet_folder(checkpoint.path, origin=checkpoint.origin)
 
 
 def files_for_rank(checkpoint: Checkpoint, rank: int | None) -> list[str]:
@@ -161,7 +167,8 @@ def local_copy(checkpoint: Checkpoint, dest: Path, *, names: list[str] | None) -
     wanted = sorted(checkpoint.files) if names is None else names
     for name in (n for n in wanted if n in checkpoint.files):
         entry = checkpoint.files[name]
-        expect = FileDigest(entry["size"], entry["sha256"]) if "sha256" in entry else None
+        hashed = isinstance(entry, dict) and "sha256" in entry  # a 0.1 marker: sizes only
+        expect = FileDigest(entry["size"], entry["sha256"]) if hashed else None
         local = folder / name
         if _already_there(local, expect):
             continue  # an earlier attempt of this resume downloaded it
@@ -169,7 +176,7 @@ def local_copy(checkpoint: Checkpoint, dest: Path, *, names: list[str] | None) -
     download_many(items)
     folder.mkdir(parents=True, exist_ok=True)
     markers.write(folder, checkpoint.marker)
-    return Checkpoint(locate(str(folder)), checkpoint.marker)
+    return Checkpoint(locate(str(folder)), checkpoint.marker, origin=checkpoint.uri)
 
 
 def _already_there(local: Path, expect: FileDigest | None) -> bool:

@@ -71,57 +71,66 @@ _FORCE_ON = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 _FORCE_OFF = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
-def upgrade_hint(path: Path) -> str:
+def upgrade_hint(shown: Path | str) -> str:
     return (
         f"if you trust it, rewrite it once in the safe format with `vitpipe checkpoint upgrade "
-        f"{path}` (that runs code from the file)"
+        f"{shown}` (that runs code from the file)"
     )
 
 
-def globals_in(path: Path) -> list[str]:
+def globals_in(path: Path, *, shown_as: str | None = None) -> list[str]:
     """The globals `path`'s pickle names beyond torch's own weights_only allowlist, found without
-    running it; CheckpointError when it is not a zip-format torch file or cannot be disassembled."""
+    running it; CheckpointError when it is not a zip-format torch file or cannot be disassembled.
+    `shown_as`: what errors call the file (its URI, where `path` is a local copy)."""
     path = Path(path)
+    shown = shown_as or str(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
+        raise CheckpointError(f"checkpoint file {shown} is missing")
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04" or not zipfile.is_zipfile(path):
         raise CheckpointError(
-            f"refused to load {path}: not a zip-format torch file (a legacy pickle can run code "
-            f"when loaded); {upgrade_hint(path)}"
+            f"refused to load {shown}: not a zip-format torch file (a legacy pickle can run code "
+            f"when loaded); {upgrade_hint(shown)}"
         )
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except (pickle.UnpicklingError, ValueError, RuntimeError, EOFError, KeyError) as err:
         raise CheckpointError(
-            f"refused to load {path}: its pickle cannot be checked without running it "
-            f"({_first_line(err)}); {upgrade_hint(path)}"
+            f"refused to load {shown}: its pickle cannot be checked without running it "
+            f"({_first_line(err)}); {upgrade_hint(shown)}"
         ) from None
     return sorted(found)
 
 
-def vet_file(path: Path) -> list[str]:
+def vet_file(path: Path, *, shown_as: str | None = None) -> list[str]:
     """Refuse `path` unless it can be unpickled without running code; returns the allowlisted
-    globals it names (what `safe_load` must allow)."""
+    globals it names (what `safe_load` must allow). `shown_as`: as for `globals_in`."""
     path = Path(path)
-    found = globals_in(path)
+    shown = shown_as or str(path)
+    found = globals_in(path, shown_as=shown)
     bad = [g for g in found if g not in ALLOWED_GLOBALS]
     if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise CheckpointError(
-            f"refused to load {path}: it names {shown}, outside the checkpoint allowlist "
-            f"(loading it could run code); {upgrade_hint(path)}"
+            f"refused to load {shown}: it names {names}, outside the checkpoint allowlist "
+            f"(loading it could run code); {upgrade_hint(shown)}"
         )
     return found
 
 
-def vet_folder(folder: Path, *, pattern: str = "*.pt") -> list[Path]:
-    """Vet every torch file under `folder` (recursively) before anything unpickles one."""
+def vet_folder(folder: Path, *, pattern: str = "*.pt", origin: str | None = None) -> list[Path]:
+    """Vet every torch file under `folder` (recursively) before anything unpickles one.
+    `origin`: the storage URI `folder` is a local copy of; refusals name the file there, which
+    is what the user has (and what `vitpipe checkpoint upgrade` takes)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob(pattern) if p.is_file())
     for file in files:
-        vet_file(file)
+        shown = None
+        if origin is not None:
+            base, sep, query = origin.partition("?")  # s3://b/p?endpoint_override=...
+            shown = f"{base.rstrip('/')}/{file.relative_to(folder).as_posix()}{sep}{query}"
+        vet_file(file, shown_as=shown)
     return files
 
 

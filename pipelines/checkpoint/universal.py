@@ -44,7 +44,7 @@ def convert_to_universal(checkpoint: Checkpoint) -> Path:
         if problem is None:
             return out
         log.warning("redoing the universal conversion %s: %s", out, problem)
-    vet_folder(checkpoint.path)
+    vet_folder(checkpoint.path, origin=checkpoint.origin)
     tmp = load_dir / f".{tag}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)

@@ -4,12 +4,17 @@ vitpipe 0.1's pickled rank states) in formats that load without running code.
 This is the one place that unpickles a checkpoint file with `weights_only=False` (only a file
 the allowlist refuses; the others load weights-only), once, on the user's word that the file is
 trusted: whatever code the file carries runs here.
+
+A checkpoint in object storage (a folder URI, or a file URI in one, as a refusal names it) is
+downloaded and verified against its marker, upgraded locally, and the changed files uploaded
+before its rewritten marker; files the upgrade replaced are removed last.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +24,12 @@ import numpy as np
 import torch
 
 from pipelines.checkpoint import marker as markers
+from pipelines.checkpoint.files import local_copy, open_checkpoint
 from pipelines.checkpoint.rank_state import RngState, legacy_rank, write_rank_state
 from pipelines.checkpoint.safe_load import ALLOWED_GLOBALS, safe_load, vet_file
 from pipelines.errors import CheckpointError
-from pipelines.storage import temp_sibling
+from pipelines.storage import Location, locate, temp_sibling
+from pipelines.transfer import upload_many
 
 _ATOMS = (str, bytes, bytearray, int, float, bool, complex, type(None))
 _TORCH_ATOMS = (torch.Tensor, torch.dtype, torch.device, torch.Size)
@@ -30,16 +37,19 @@ _TORCH_ATOMS = (torch.Tensor, torch.dtype, torch.device, torch.Size)
 
 @dataclass(frozen=True)
 class Upgraded:
-    source: Path
-    written: tuple[Path, ...]
+    source: str  # a local path, or a URI
+    written: tuple[str, ...]
     note: str
 
 
-def upgrade(path: Path) -> list[Upgraded]:
+def upgrade(path: str | Path) -> list[Upgraded]:
     """Upgrade one file, or every refused file (and 0.1 rank state) under a folder (a checkpoint,
     or a run dir: all its checkpoints); each checkpoint's marker is then rewritten with the new
-    files' sizes and sha256."""
-    path = Path(path)
+    files' sizes and sha256. A storage URI names a checkpoint folder or a file in one."""
+    location = locate(str(path))
+    if not location.is_local:
+        return _upgrade_stored(location)
+    path = location.local_path()
     if path.is_dir():
         files = [p for p in sorted(path.rglob("*.pt")) if _needs_upgrade(p)]
     elif path.is_file():
@@ -80,7 +90,7 @@ def _upgrade_file(path: Path) -> Upgraded:
         state = RngState.from_legacy(obj["rng"])
         written = write_rank_state(path.parent, rank, obj["loader"], state)
         path.unlink()
-        return Upgraded(path, tuple(written), "rank state now JSON + safetensors")
+        return Upgraded(str(path), tuple(map(str, written)), "rank state now JSON + safetensors")
     converted: list[str] = []
     plain = _plain(obj, converted)
     tmp = temp_sibling(path)
@@ -93,7 +103,7 @@ def _upgrade_file(path: Path) -> Upgraded:
     os.replace(tmp, path)
     kinds = sorted(set(converted))
     note = f"re-saved; {', '.join(kinds)} stored as plain data" if kinds else "re-saved"
-    return Upgraded(path, (path,), note)
+    return Upgraded(str(path), (str(path),), note)
 
 
 def _plain(obj: Any, converted: list[str]) -> Any:
@@ -136,3 +146,33 @@ def _rewrite_marker(folder: Path) -> None:
     if problem:
         raise CheckpointError(f"checkpoint {folder} after the upgrade: {problem}")
     markers.write(folder, new)
+
+
+def _upgrade_stored(location: Location) -> list[Upgraded]:
+    """`upgrade` of a checkpoint in storage, through a verified local copy."""
+    folder = location if location.join(markers.MARKER).is_file() else location.parent
+    if not folder.join(markers.MARKER).is_file():
+        raise CheckpointError(
+            f"{location.uri} is not a checkpoint folder or a file in one (no {markers.MARKER} "
+            "there); upgrade a run dir in storage checkpoint by checkpoint"
+        )
+    checkpoint = open_checkpoint(folder)
+    with tempfile.TemporaryDirectory(prefix="vitpipe-upgrade-") as scratch:
+        local = local_copy(checkpoint, Path(scratch), names=None)
+        target = local.path if folder.uri == location.uri else local.path / location.name
+        done = upgrade(target)
+        if not done:
+            return []
+        marker = markers.read(local.path)
+        changed = [
+            name for name, entry in marker["files"].items() if checkpoint.files.get(name) != entry
+        ]
+        upload_many([(local.path / name, folder.join(name)) for name in changed])
+        markers.write(folder, marker)
+        for name in sorted(set(checkpoint.files) - set(marker["files"])):
+            folder.join(name).delete()
+
+        def stored(path: str) -> str:
+            return folder.join(Path(path).relative_to(local.path).as_posix()).uri
+
+        return [Upgraded(stored(d.source), tuple(map(stored, d.written)), d.note) for d in done]

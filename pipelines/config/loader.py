@@ -7,6 +7,7 @@ value and what is allowed, so a user fixes a config in one pass.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -20,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pipelines.config.runlocal import shrink
 from pipelines.config.stage import StageConfig
 from pipelines.errors import ConfigError
+from pipelines.storage import RefusedFile, locate
 
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 # A config is a few hundred values; these bound what a hostile or broken file can make us build.
@@ -36,13 +38,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"{path}: {path.stat().st_size} bytes is not a config (at most {MAX_CONFIG_BYTES})"
-        )
-    data = path.read_bytes()
+    """A config file's YAML: a regular file only (a FIFO would block, /dev/zero never ends),
+    each refusal naming what the path is."""
+    try:
+        data = locate(os.path.abspath(path)).read_regular(MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory, not a YAML file") from None
+    except RefusedFile as err:
+        if err.reason == "too_large":
+            raise ConfigError(f"{path} is not a config: at most {MAX_CONFIG_BYTES} bytes") from None
+        raise ConfigError(f"config file {str(path)!r}: {err}; give a YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r}: {err.strerror or err}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -27,6 +27,25 @@ def absolute(value: str | None, base: Path | None = None) -> str | None:
     return str(((base or Path.cwd()) / os.path.expanduser(value)).resolve())
 
 
+def tracking_link_warning(uri: str, base: Path | None = None) -> str | None:
+    """One line when `tracking.uri` is a relative `sqlite:///` file that a symlink leads out of
+    `base` (default: the working directory): every run would be logged into that other file.
+    A warning, not a refusal: a link to a roomier disk is a fair choice, a link planted in a
+    shared checkout is not, and only the user knows which this is. A path written with `..`
+    says where it goes and is left alone."""
+    if not uri.startswith(_SQLITE) or uri.startswith(_SQLITE + "/"):
+        return None
+    base = (base or Path.cwd()).resolve()
+    given = Path(os.path.normpath(base / os.path.expanduser(uri.removeprefix(_SQLITE))))
+    real = given.resolve()
+    if not given.is_relative_to(base) or real.is_relative_to(base):
+        return None
+    return (
+        f"warning: tracking.uri {uri}: {given} is a symlink out of {base}; runs are logged "
+        f"into {real}"
+    )
+
+
 def absolute_resume(resume: str) -> str:
     """`--resume`: `auto` and `never` as they are, a checkpoint path made absolute."""
     return resume if resume in ("auto", "never") else absolute(resume)

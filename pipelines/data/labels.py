@@ -2,7 +2,7 @@
 indexer (`vitpipe shard` with `shard.source.kind: webdataset`) and the loader both apply, so a
 sample the index counted is a sample the loader can label.
 
-`label_key` is `cls` (the `.cls` member: ASCII digits, as webdataset's decoder reads it) or
+`label_key` is `cls` (the `.cls` member: ASCII digits only, surrounding whitespace allowed) or
 `json:<field>` (a field of the `.json` member; dots walk into nested objects, `json:meta.label`).
 A value is an integer class index, or a class name looked up in the manifest's classes.
 """
@@ -14,6 +14,9 @@ from collections.abc import Mapping
 
 LABEL_KEY_PATTERN = r"^(cls|json:[A-Za-z0-9_][A-Za-z0-9_.\-]*)$"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # the first one a sample has is its image
+# More digits than any class count: Python's int() also reads "1_0", "+3", " -2" and non-ASCII
+# digits, and a label of thousands of digits costs quadratic time to parse.
+MAX_LABEL_DIGITS = 18
 
 
 def image_field(fields: Mapping[str, bytes]) -> str | None:
@@ -35,10 +38,12 @@ def raw_label(fields: Mapping[str, bytes], label_key: str) -> int | str:
         data = fields.get("cls")
         if data is None:
             raise LabelError("label_missing", "no .cls member")
-        try:
-            return int(data.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            raise LabelError("label_invalid", f".cls is not an integer: {data[:20]!r}") from None
+        text = data.strip()
+        if not text.isdigit() or len(text) > MAX_LABEL_DIGITS:  # bytes: ASCII 0-9 only
+            raise LabelError(
+                "label_invalid", f".cls is not a class index (ASCII digits): {data[:20]!r}"
+            )
+        return int(text)
     path = label_key.removeprefix("json:")
     data = fields.get("json")
     if data is None:

@@ -1,4 +1,5 @@
-"""`rejected.parquet`: every input that could not be used, with its reason and details."""
+"""`rejected.parquet`: every input that could not be used, with its reason and details. Names
+come from users' files and may be any bytes: they are written escaped, never refused."""
 
 from __future__ import annotations
 
@@ -27,13 +28,22 @@ def rejects_table(rejected: Iterable[Rejected]) -> pa.Table:
     rows = sorted(rejected, key=lambda r: (r.source_id, r.reason, r.key))
     return pa.table(
         {
-            "source_id": [r.source_id for r in rows],
+            "source_id": [utf8(r.source_id) for r in rows],
             "reason": [r.reason for r in rows],
-            "detail": [r.detail for r in rows],
-            "key": [r.key for r in rows],
+            "detail": [utf8(r.detail) for r in rows],
+            "key": [utf8(r.key) for r in rows],
         },
         schema=SCHEMA,
     )
+
+
+def utf8(text: str) -> str:
+    """`text` as valid UTF-8, so that no name a user's file holds can fail the table: bytes
+    that were not UTF-8 (which tarfile and os hand on as surrogates) read as `\\xNN`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def rejects_bytes(rejected: Iterable[Rejected]) -> bytes:

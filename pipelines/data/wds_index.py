@@ -1,6 +1,6 @@
 """Index users' own WebDataset shards in place (`shard.source.kind: webdataset`), no rewrite.
 
-    plan = plan_index(section)                       # driver: expand urls, split, settings
+    plan = plan_index(section, max_member_bytes)     # driver: expand urls, split, settings
     results = [index_shard(plan.job, t) for t in plan.tasks]   # Ray tasks in `launch/`
     manifest, rejected = finish_index(plan, results)  # manifest.json (format 2) + rejected.parquet
 
@@ -13,7 +13,13 @@ keeps the samples before the failure and gets one `truncated_shard` row for its 
 
 Per-shard results are kept in `<output>/_state/index/<split>/<name>.json` with the shard's size
 and mtime; a re-run reuses every result whose shard has the same size and mtime and whose
-settings (label key, classes) are the same, and reads the rest.
+settings (label key, classes) are the same, and reads the rest. A shard rewritten in place with
+its size and mtime restored looks unchanged: `rehash` (`vitpipe shard --rehash [NAME ...]`)
+reads it again all the same, which is what the loader's verification error tells the user.
+
+Shards named by a brace pattern or a list are checked against one listing of their folder (a
+few requests per thousand names, not one per name); the missing ones get no task, only a
+`file_missing` row each in `rejected.parquet`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,6 +65,7 @@ class IndexSettings:
     label_key: str
     classes: tuple[str, ...] | None  # from shard.source.classes_file; None: from the labels
     max_member_bytes: int
+    max_classes: int  # a bound, not a setting: results do not depend on it
 
     @property
     def fingerprint(self) -> str:
@@ -70,6 +78,7 @@ class IndexTask:
     split: str
     name: str
     root: Location  # the split's shards_root
+    rehash: bool = False  # read it even if its size and mtime are what the state recorded
 
 
 @dataclass(frozen=True)
@@ -98,24 +107,33 @@ class IndexPlan:
     tasks: tuple[IndexTask, ...]
     roots: dict[str, str]  # split -> shards_root as the manifest records it
     source: dict[str, Any]
+    missing: tuple[Rejected, ...] = ()  # named shards that are not in their folder
 
 
-def expand_urls(spec: str | list[str], field: str) -> tuple[Location, list[str]]:
-    """(shards_root, shard names) from brace patterns, a directory, or a list of either; every
-    shard must sit directly in one folder (the split's `shards_root`)."""
+@dataclass(frozen=True)
+class ShardNames:
+    """A split's shards: their folder, the names found there, and the names that are not."""
+
+    root: Location
+    names: list[str]
+    missing: list[str]
+
+
+def expand_urls(spec: str | list[str], field: str) -> ShardNames:
+    """The shards of brace patterns, a directory, or a list of either; every shard must sit
+    directly in one folder (the split's `shards_root`), which is listed once."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
     urls = [url for pattern in patterns for url in braceexpand.braceexpand(pattern)]
     if len(urls) == 1 and not urls[0].endswith(".tar"):
         folder = locate(urls[0])
-        selector = pafs.FileSelector(folder.path, allow_not_found=True)
         names = sorted(
             e.base_name
-            for e in folder.fs.get_file_info(selector)
+            for e in folder.fs.get_file_info(_selector(folder))
             if e.base_name.endswith(".tar") and e.type != pafs.FileType.Directory
         )
         if not names:
             raise DataError(f"shard.source.{field}={spec!r}: no .tar files in {folder.uri}")
-        return folder, names
+        return ShardNames(folder, names, [])
     parents = {url.rstrip("/").rsplit("/", 1)[0] for url in urls}
     if len(parents) != 1 or any("/" not in url for url in urls):
         raise DataError(
@@ -127,33 +145,82 @@ def expand_urls(spec: str | list[str], field: str) -> tuple[Location, list[str]]
         check_shard_name(name, f"shard.source.{field}")
     if len(set(names)) != len(names):
         raise DataError(f"shard.source.{field}: a shard is listed twice")
-    return locate(parents.pop()), names
+    root = locate(parents.pop())
+    listed = {e.base_name for e in root.fs.get_file_info(_selector(root))}
+    missing = [name for name in names if name not in listed]
+    if len(missing) == len(names):
+        raise DataError(
+            f"shard.source.{field}: none of the {len(names)} shards it names exist in "
+            f"{root.uri} (first: {names[0]})"
+        )
+    return ShardNames(root, [name for name in names if name in listed], missing)
 
 
-def plan_index(section: ShardSection, max_member_bytes: int) -> IndexPlan:
+def _selector(folder: Location) -> pafs.FileSelector:
+    return pafs.FileSelector(folder.path, allow_not_found=True)
+
+
+def plan_index(
+    section: ShardSection, max_member_bytes: int, rehash: bool | Collection[str] = False
+) -> IndexPlan:
     """The index job and its tasks (driver side, deterministic); `max_member_bytes` is the
-    loader's cap (data.max_member_bytes), so both read the same samples."""
+    loader's cap (data.max_member_bytes), so both read the same samples. `rehash`: True reads
+    every shard again, names (or URIs) read those; an unknown name is an error."""
     source = section.source
     assert isinstance(source, WebDatasetSection), source.kind
-    train_root, train_names = expand_urls(source.urls, "urls")
-    splits = {"train": (train_root, train_names)}
+    train = expand_urls(source.urls, "urls")
+    missing = [("urls", train.root, name) for name in train.missing]
+    splits = {"train": (train.root, train.names)}
     if source.val_urls:
-        splits["val"] = expand_urls(source.val_urls, "val_urls")
+        val = expand_urls(source.val_urls, "val_urls")
+        splits["val"] = (val.root, val.names)
+        missing += [("val_urls", val.root, name) for name in val.missing]
     elif section.val_fraction > 0:
         splits["train"], splits["val"] = _split_by_shards(
-            train_root, train_names, section.val_fraction, section.seed
+            train.root, train.names, section.val_fraction, section.seed
+        )
+    classes = _read_classes(source.classes_file)
+    if classes is not None and len(classes) > source.max_classes:
+        raise DataError(
+            f"shard.source.classes_file={source.classes_file!r} names {len(classes)} classes, "
+            f"over shard.source.max_classes={source.max_classes}"
         )
     job = IndexSettings(
-        locate(section.output),
-        source.label_key,
-        _read_classes(source.classes_file),
-        max_member_bytes,
+        locate(section.output), source.label_key, classes, max_member_bytes, source.max_classes
     )
+    chosen = _rehash_names(rehash, splits)
     tasks = tuple(
-        IndexTask(split, name, root) for split, (root, names) in splits.items() for name in names
+        IndexTask(split, name, root, rehash=name in chosen)
+        for split, (root, names) in splits.items()
+        for name in names
     )
     roots = {split: root.uri for split, (root, _) in splits.items()}
-    return IndexPlan(job, tasks, roots, source.describe())
+    gone = tuple(
+        Rejected(name, "file_missing", f"{root.join(name).uri}: named by shard.source.{field}")
+        for field, root, name in missing
+    )
+    return IndexPlan(job, tasks, roots, source.describe(), gone)
+
+
+def _rehash_names(
+    rehash: bool | Collection[str], splits: dict[str, tuple[Location, list[str]]]
+) -> set[str]:
+    """The shard names `rehash` picks: all for True, else those named (by name or URI)."""
+    if isinstance(rehash, bool):
+        return {name for _, names in splits.values() for name in names} if rehash else set()
+    known = {
+        spelling: name
+        for root, names in splits.values()
+        for name in names
+        for spelling in (name, root.join(name).uri)
+    }
+    unknown = [given for given in rehash if given not in known]
+    if unknown:
+        raise DataError(
+            f"--rehash {unknown[0]}: not a shard of shard.source.urls or val_urls (give a "
+            "shard's name or URI, as the loader's error names it)"
+        )
+    return {known[given] for given in rehash}
 
 
 def _split_by_shards(
@@ -202,15 +269,16 @@ class _HashingReader:
 
 
 def index_shard(job: IndexSettings, task: IndexTask) -> ShardIndex:
-    """Index one shard (or reuse its result when the shard's size and mtime are unchanged)."""
+    """Index one shard (or reuse its result when the shard's size and mtime are unchanged and
+    the task does not ask for a rehash)."""
     started = time.perf_counter()
     shard = task.root.join(task.name)
     info = shard.fs.get_file_info(shard.path)
     stamp = [info.size, info.mtime_ns]
     state = _state_file(job, task)
-    previous = _load_state(state, job, stamp)
+    previous = None if task.rehash else _load_state(state, job, stamp)
     if previous is not None:
-        return previous
+        return _within_class_bound(job, shard, previous)
     classes = {name: i for i, name in enumerate(job.classes or ())}
     runs, skip, rejected, labels = 0, [], [], {}
     try:
@@ -247,8 +315,22 @@ def index_shard(job: IndexSettings, task: IndexTask) -> ShardIndex:
         tuple(rejected),
         elapsed_s=time.perf_counter() - started,
     )
+    _within_class_bound(job, shard, result)
     record = {"settings": job.fingerprint, "stamp": stamp, "result": _to_json(result)}
     state.write_bytes_atomic(json.dumps(record).encode())
+    return result
+
+
+def _within_class_bound(job: IndexSettings, shard: Location, result: ShardIndex) -> ShardIndex:
+    """`result`, unless one of its integer labels would make more than `max_classes` classes
+    (checked in the task, so a bad shard stops the stage before the rest are read)."""
+    numbers = [value for value, _ in result.labels if isinstance(value, int)]
+    if job.classes is None and numbers and max(numbers) >= job.max_classes:
+        raise DataError(
+            f"{shard.uri}: label {max(numbers)} would make {max(numbers) + 1} classes, over "
+            f"shard.source.max_classes={job.max_classes}; fix the shard's labels, or raise "
+            "the bound if you mean that many classes"
+        )
     return result
 
 
@@ -300,7 +382,7 @@ def _load_state(state: Location, job: IndexSettings, stamp: list) -> ShardIndex 
 def finish_index(plan: IndexPlan, results: list[ShardIndex]) -> tuple[Manifest, list[Rejected]]:
     """Write `rejected.parquet` and `manifest.json` (format 2) from every shard's result."""
     classes = _classes(plan.job, results)
-    rejected = [r for result in results for r in result.rejected]
+    rejected = [*plan.missing, *(r for result in results for r in result.rejected)]
     splits: dict[str, list[ShardInfo]] = {split: [] for split in plan.roots}
     for result in results:
         if result.samples:
@@ -344,6 +426,11 @@ def _classes(job: IndexSettings, results: list[ShardIndex]) -> tuple[str, ...]:
         raise DataError(
             "the shards' labels are both integers and names; give shard.source.classes_file "
             "(one class name per line) to say which index each name has"
+        )
+    if len(names) > job.max_classes:
+        raise DataError(
+            f"the shards' labels name {len(names)} classes, over shard.source.max_classes="
+            f"{job.max_classes}; raise the bound if you mean that many classes"
         )
     if names:
         return tuple(sorted(names))

@@ -158,8 +158,10 @@ class Checkpointer:
             torch.manual_seed(rank_seed(self._config.train.seed, self.ctx.rank))
             self._progress = Progress()
             return self._progress
-        where = universal_location(local) if self.load_universal else (local.root, local.tag)
-        engine.load(*where)
+        if self.load_universal:
+            engine.load(*universal_location(local))
+        else:
+            engine.load(local.root, local.tag, origin=local.origin)
         meta = found.meta
         loader_state, rng = read_rank_state(local.path, self._state_rank(found))
         loader.load_state_dict(loader_state)

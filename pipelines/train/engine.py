@@ -118,10 +118,13 @@ class DeepSpeedEngine:
             written.append(DEEPSPEED_CONFIG_IN_CHECKPOINT)
         return written
 
-    def load(self, root: Path, tag: str, *, load_optimizer: bool = True) -> None:
+    def load(
+        self, root: Path, tag: str, *, load_optimizer: bool = True, origin: str | None = None
+    ) -> None:
         # DeepSpeed unpickles what it reads: vet every file first (a one-line refusal naming the
-        # file), then force its loads weights-only, so a file swapped after vetting is refused.
-        vet_folder(Path(root) / tag)
+        # file, in storage where `root/tag` is a local copy of `origin`), then force its loads
+        # weights-only, so a file swapped after vetting is refused.
+        vet_folder(Path(root) / tag, origin=origin)
         with weights_only_loads():
             path, _ = self._engine.load_checkpoint(
                 str(root),

@@ -134,6 +134,7 @@ class MetricsLogger:
         # Summed on the device: reading a loss back every micro-step would sync the host each step.
         self._loss_sum = torch.zeros((), dtype=torch.float32, device=device)
         self._micro_steps = 0
+        self._window_start = resume_step or 0  # the step the open window follows
         self.last_loss = math.nan
 
     def add(self, loss: torch.Tensor, images: int, wait_s: float) -> None:
@@ -156,7 +157,9 @@ class MetricsLogger:
     def log_train(
         self, *, step: int, epoch: int, samples_seen: int, lr: float, grad_norm, skipped: float
     ) -> None:
-        """Close the window: reduce loss, throughput and skipped samples over ranks, write."""
+        """Close the window: reduce loss, throughput and skipped samples over ranks, write.
+        `train/loss` averages the window's steps, which `train/loss_window_steps` counts: fewer
+        than `log_every_n_steps` after a resume or before a stop off the logging grid."""
         images, wait = self._throughput.window()
         loss_sum, images, wait, skipped = self.ctx.all_reduce_sum(
             [float(self._loss_sum), images, wait, skipped]
@@ -164,11 +167,13 @@ class MetricsLogger:
         self.last_loss = loss_sum / (max(self._micro_steps, 1) * self.ctx.world_size)
         self._loss_sum.zero_()
         self._micro_steps = 0
+        window_steps, self._window_start = step - self._window_start, step
         record = {
             "step": step,
             "epoch": epoch,
             "samples_seen": samples_seen,
             "train/loss": self.last_loss,
+            "train/loss_window_steps": window_steps,
             "lr": lr,
             "grad_norm": grad_norm,
             "images_per_sec": images,

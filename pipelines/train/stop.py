@@ -17,7 +17,9 @@ from pipelines.storage import Location
 
 
 class StopRequest:
-    def __init__(self, location: Location):
+    """`location`: the STOP file; None where only signals count (`vitpipe shard`)."""
+
+    def __init__(self, location: Location | None = None):
         self.location = location
         self._signalled = 0
 
@@ -26,10 +28,11 @@ class StopRequest:
 
     def requested(self) -> bool:
         """A signal, or the STOP file (a storage read: on a cluster, one rank polls it)."""
-        return self.signalled() or self.location.exists()
+        return self.signalled() or (self.location is not None and self.location.exists())
 
     def clear(self) -> None:
-        self.location.delete()
+        if self.location is not None:
+            self.location.delete()
 
     @contextlib.contextmanager
     def on_signals(self, *signums: int, touch_file: bool = False) -> Iterator[None]:
@@ -45,7 +48,7 @@ class StopRequest:
             self._signalled += 1
             if self._signalled > 1:
                 raise KeyboardInterrupt(f"{signal.Signals(signum).name} twice: aborting")
-            if touch_file:
+            if touch_file and self.location is not None:
                 self.location.write_bytes_atomic(b"")
 
         for signum in signums:

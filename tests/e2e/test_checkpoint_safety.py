@@ -188,7 +188,10 @@ def test_a_0_1_rank_state_reads_through_the_vetted_loader_and_upgrades(tmp_path)
     assert np.array_equal(rng.numpy[1], trusted["rng"]["numpy"][1])
 
     done = upgrade(tmp_path)  # a run dir: both 0.1 rank states; the marker gains hashes
-    assert sorted(d.source.name for d in done) == ["vitpipe_rank00000.pt", "vitpipe_rank00001.pt"]
+    assert sorted(Path(d.source).name for d in done) == [
+        "vitpipe_rank00000.pt",
+        "vitpipe_rank00001.pt",
+    ]
     assert not (folder / "vitpipe_rank00001.pt").exists()
     again, rng_again = read_rank_state(folder, 1)
     assert again == loader and rng_again.python == rng.python
@@ -268,3 +271,32 @@ def test_universal_conversion_records_hashes_and_is_vetted_before_loading(tmp_pa
     with pytest.raises(CheckpointError, match="io.open"):
         vet_folder(out)
     assert not proof.exists()
+
+
+def test_a_refused_stored_checkpoint_names_its_uri_and_upgrading_that_uri_works(
+    s3_store, tmp_path, capsys
+):
+    from argparse import Namespace
+
+    from pipelines.storage import locate
+    from pipelines.transfer import upload_dir
+
+    folder = tmp_path / STEP
+    shutil.copytree(FIXTURE / "checkpoints" / STEP, folder)
+    model_file = folder / "mp_rank_00_model_states.pt"
+    trusted = torch.load(model_file, weights_only=False)  # our own fixture
+    trusted["args"] = Namespace(lr=0.1)  # a class outside the allowlist, as old DeepSpeed saved
+    torch.save(trusted, model_file)
+    agree(folder)
+    stored = locate(f"{s3_store}/upgrade-hint/run/checkpoints/{STEP}")
+    upload_dir(folder, stored)
+    file_uri = stored.join("mp_rank_00_model_states.pt").uri
+
+    assert main(["export", stored.uri, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"refused to load {file_uri}: it names argparse.Namespace" in err[0]
+    assert f"`vitpipe checkpoint upgrade {file_uri}`" in err[0], err  # not the scratch copy
+
+    assert main(["checkpoint", "upgrade", file_uri]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["upgraded"] == file_uri
+    assert main(["export", stored.uri, str(tmp_path / "export")]) == 0

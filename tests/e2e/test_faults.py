@@ -93,7 +93,7 @@ def test_ctrl_c_checkpoints_and_stops_like_sigterm(fractal_shards, tmp_path):
     )
     try:
         metrics = run_dir / "metrics.jsonl"
-        while not (metrics.exists() and metrics.read_text().count("train/loss") >= 2):
+        while not (metrics.exists() and metrics.read_text().count('"train/loss"') >= 2):
             assert job.poll() is None, job.communicate()[1][-3000:]
             time.sleep(0.2)
         job.send_signal(signal.SIGINT)  # what Ctrl-C sends

@@ -1,7 +1,10 @@
-"""Hostile configs are one clear line each: an alias bomb, a binary file,
-`.inf`/`.nan`, values no one can mean, and the integer hint for an integer field."""
+"""Hostile configs are one clear line each: an alias bomb, a binary file, a FIFO,
+`.inf`/`.nan`, values no one can mean, and the integer hint for an integer field; a SQLite
+tracking file that a symlink takes out of the working tree is named in a warning."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -107,3 +110,33 @@ def test_the_number_hint_for_an_integer_field_is_an_integer():
     assert problem == "model.img_size: expected an integer, got 224.0; write 224"
     (problem,) = problems({"optim": {"lr": "3e-4"}})  # floats keep their hint
     assert "3.0e-4" in problem, problem
+
+
+def test_a_fifo_given_as_the_config_is_named_for_what_it_is(tmp_path, capsys):
+    fifo = tmp_path / "job.yaml"
+    os.mkfifo(fifo)  # no writer: reading it would wait forever
+    assert main(["check-config", "-c", str(fifo)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a FIFO, not a regular file" in err[0], err
+    assert str(fifo) in err[0] and "does not exist" not in err[0]
+
+
+def test_a_sqlite_tracking_file_linked_out_of_the_working_tree_is_warned_about(
+    tmp_path, monkeypatch, capsys
+):
+    work, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (work / "mlflow.db").symlink_to(elsewhere / "someone-elses.db")
+    (work / "job.yaml").write_text("tracking: {uri: 'sqlite:///mlflow.db'}\n")
+    (work / "here.yaml").write_text("tracking: {uri: 'sqlite:///runs/mlflow.db'}\n")
+    (work / "said.yaml").write_text("tracking: {uri: 'sqlite:///../shared/mlflow.db'}\n")
+    monkeypatch.chdir(work)
+    assert main(["check-config", "-c", "job.yaml"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: tracking.uri sqlite:///mlflow.db"), err
+    assert str(elsewhere / "someone-elses.db") in err[0]
+    # Inside the tree, or out of it in so many words: nothing to say.
+    for quiet in ("here.yaml", "said.yaml"):
+        assert main(["check-config", "-c", quiet]) == 0
+        assert capsys.readouterr().err == ""

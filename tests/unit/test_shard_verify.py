@@ -3,32 +3,14 @@ manifest before its samples are used; `data.verify_shards` says in which epochs.
 
 from __future__ import annotations
 
-import io
-import tarfile
-from pathlib import Path
-
 import pytest
 
 from pipelines.errors import DataError
 
-from shard_fixtures import make_loader, write_shard_set
+from shard_fixtures import make_loader, relabel_to_zero, write_shard_set
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 COUNTS = [8, 8, 8]
-
-
-def relabel_to_zero(path: Path) -> None:
-    """Rewrite every `.cls` of a shard to 0: same members, same sizes, other content."""
-    src = io.BytesIO(path.read_bytes())
-    out = io.BytesIO()
-    with tarfile.open(fileobj=src) as tar, tarfile.open(fileobj=out, mode="w") as new:
-        for member in tar.getmembers():
-            data = tar.extractfile(member).read()
-            if member.name.endswith(".cls"):
-                data = b"0" * len(data)
-            member.size = len(data)
-            new.addfile(member, io.BytesIO(data))
-    path.write_bytes(out.getvalue())
 
 
 @pytest.fixture

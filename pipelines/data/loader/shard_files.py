@@ -94,6 +94,7 @@ def verify_shard(shard: Location, root: Location, num_bytes: int, sha256: str) -
         raise DataError(
             f"{shard.uri}: content does not match the manifest (sha256 {digest.hexdigest()[:16]}.., "
             f"{size} bytes; manifest: {sha256[:16]}.., {num_bytes} bytes): the shard changed after "
-            "the manifest was written; re-create it with `vitpipe shard` (or set "
-            "data.verify_shards=never to train on it as it is)"
+            f"the manifest was written; run `vitpipe shard -c <its shard config> --rehash "
+            f"{shard.name}` (it indexes your shards again, or rewrites ours), or set "
+            "data.verify_shards=never to train on it as it is"
         )

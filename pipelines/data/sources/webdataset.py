@@ -12,6 +12,7 @@ from pipelines.data.labels import LABEL_KEY_PATTERN
 from pipelines.section import Section
 
 ShardUrls = str | list[str]
+DEFAULT_MAX_CLASSES = 1_000_000
 
 
 class WebDatasetSection(Section):
@@ -31,6 +32,12 @@ class WebDatasetSection(Section):
     )
     classes_file: str | None = Field(
         None, description="class names, one per line; line i names class i"
+    )
+    max_classes: int = Field(
+        DEFAULT_MAX_CLASSES,
+        ge=1,
+        description="the most classes the labels may make (a label of 3000000 would make "
+        "3,000,001); more is an error naming the shard",
     )
 
     def describe(self) -> dict[str, Any]:
