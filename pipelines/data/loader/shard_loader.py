@@ -373,11 +373,10 @@ class ShardLoader:
             history = (*history, Segment(old, position))
         self._epoch, self._position, self._history = epoch, 0, history
         plan = self._plan()
-        consumed = plan.stream.num_samples - len(plan.pool)
         self._resume_note = (
             f"topology changed from {old.describe()} to {self.topology.describe()}: "
-            f"epoch {epoch} continues; {consumed} of its {plan.stream.num_samples} samples were "
-            f"already consumed, the remaining {len(plan.pool)} are re-split into "
+            f"epoch {epoch} continues; {plan.consumed_before} of its {plan.stream.num_samples} "
+            f"samples were already consumed, the remaining {plan.pool_size} are re-split into "
             f"{plan.batches_per_rank} batches per rank ({plan.dropped} dropped as the "
             "remainder); the next epoch starts whole with the new topology"
         )
