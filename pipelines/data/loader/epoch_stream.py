@@ -62,8 +62,11 @@ class EpochStream:
     def num_samples(self) -> int:
         return int(self.starts[-1])
 
+    def piece_of(self, position: int) -> int:
+        return int(np.searchsorted(self.starts, position, side="right")) - 1
+
     def locate(self, position: int) -> tuple[int, int]:
-        k = int(np.searchsorted(self.starts, position, side="right")) - 1
+        k = self.piece_of(position)
         return int(self.order[k]), int(self._offsets(k, np.array([position - self.starts[k]]))[0])
 
     def group(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
