@@ -98,6 +98,7 @@ class Trainer:
             decode_on=self.engine.device if config.data.decode_device == "cuda" else None,
         )
         self.val_loader = self._val_loader(img_size, sources)
+        self.mixed_sources = self._mixed_sources()
         self.run = request.files(ctx.node_id)
         self.stop = StopRequest(self.run.at(STOP_REQUEST))
         self.lr = config.optim.lr
@@ -151,7 +152,12 @@ class Trainer:
         self.lr = set_lr(self.engine.optimizer, config.optim.lr, factor)
         for micro in range(self.accum):
             batch, wait = self._next_batch()
-            self.sample_keys.record(step=step + 1, epoch=self.progress.epoch, keys=batch["key"])
+            self.sample_keys.record(
+                step=step + 1,
+                epoch=self.progress.epoch,
+                keys=batch["key"],
+                sources=batch["source"] if self.mixed_sources else None,
+            )
             images, targets = batch["image"], batch["label"]
             if self.mixing:
                 images, targets = self._mix(images, targets, step, micro)
@@ -303,7 +309,7 @@ class Trainer:
             teacher_flops_per_image=self.teacher.flops_per_image if self.teacher else None,
             peaks=self._peaks(),
             device=self.engine.device,
-            source_names=self._mixed_sources(),
+            source_names=self.mixed_sources,
             samples_per_source=self.progress.samples_per_source,
         )
 
