@@ -16,6 +16,11 @@ consumed as soon as it is yielded.
 Resuming: bit-exact with the same topology, continued without repeats on a new one; see
 `loader_state` for the rules.
 
+The training set is one shard set or a mix of several (`TrainSources`, from `data.train_shards`):
+the plan reads their shards as one list with each source's share per epoch, every batch says
+which source each slot came from (`source`), and labels are offset per source where
+`data.mix_classes: offset` says so. `exclude` leaves samples out of every epoch as if absent.
+
 Evaluation (`train=False`)
 --------------------------
 Every sample of the split exactly once across ranks, no shuffle, no drop; every rank yields the
