@@ -97,7 +97,7 @@ def test_a_three_to_one_mix_resumed_on_one_worker_reads_exactly_its_plan(
     assert first["num_classes"] == 20  # 10 + 10 with mix_classes: offset
 
     raw["cluster"]["num_workers"] = 1
-    second = run_training_stage(as_config(raw), run_dir=run_dir, progress=False)
+    second = run_training_stage(as_config(raw), run_dir=run_dir, launcher="local", progress=False)
     assert second["status"] == "finished" and second["steps"] == TOTAL
     assert Path(second["resumed_from"]).name == f"step_{STOP:07d}"
 
