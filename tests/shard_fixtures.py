@@ -70,8 +70,12 @@ def write_shard_set(
     no_cls: Collection[str] = (),
     bad_after_header: Collection[str] = (),
     smooth: bool = False,
+    key_prefix: str = "",
+    classes: tuple[str, ...] | None = None,
 ) -> Manifest:
-    """Write shards with the given sample counts per split, and their manifest; return it."""
+    """Write shards with the given sample counts per split, and their manifest; return it.
+    `key_prefix` starts every key (two sets with different prefixes share no key); `classes`
+    names the manifest's classes (default class0, class1, ...)."""
     root.mkdir(parents=True, exist_ok=True)
     ext = "png" if image_format == "png" else "jpg"
     infos: dict[str, SplitInfo] = {}
@@ -81,7 +85,7 @@ def write_shard_set(
             path = root / shard_name(split, s)
             with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
                 for i in range(count):
-                    key = sample_key(split, s, i)
+                    key = key_prefix + sample_key(split, s, i)
                     label = sample_label(s, i, num_classes)
                     if key not in no_cls:
                         _add(tar, f"{key}.cls", str(label).encode())
@@ -102,7 +106,8 @@ def write_shard_set(
             data = path.read_bytes()
             shards.append(ShardInfo(path.name, count, len(data), hashlib.sha256(data).hexdigest()))
         infos[split] = SplitInfo(tuple(shards))
-    manifest = Manifest(tuple(f"class{i}" for i in range(num_classes)), infos, {"kind": "test"})
+    names = classes or tuple(f"class{i}" for i in range(num_classes))
+    manifest = Manifest(names, infos, {"kind": "test"})
     write_manifest(locate(str(root)), manifest)
     return manifest
 
@@ -138,7 +143,7 @@ def keys_of(split: str, counts: Sequence[int]) -> list[str]:
 
 
 def make_loader(
-    root: Path,
+    root: Path | list[dict],
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -154,10 +159,13 @@ def make_loader(
     verify_shards: str = "first_epoch",
     device=None,
     repeated_aug: int = 1,
+    mix_classes: str | None = None,
+    exclude=None,
     **augment: object,
 ):
     """A ShardLoader with test-sized defaults, built as every call site builds one
-    (`ShardLoader.from_config`); imported lazily to keep this module light."""
+    (`ShardLoader.from_config`); imported lazily to keep this module light. `root` may be a
+    mix (`data.train_shards` as a list of sources)."""
     from pipelines.config import config_from_dict
     from pipelines.data.loader.shard_loader import ShardLoader
     from pipelines.distributed import DistContext
@@ -165,7 +173,8 @@ def make_loader(
     config = config_from_dict(
         {
             "data": {
-                "train_shards": str(root),
+                "train_shards": root if isinstance(root, list) else str(root),
+                "mix_classes": mix_classes,
                 "num_workers": num_workers,
                 "shuffle_buffer": shuffle_buffer,
                 "max_skip_fraction": max_skip_fraction,
@@ -184,5 +193,12 @@ def make_loader(
     )
     ctx = DistContext(rank=rank, world_size=world_size)
     return ShardLoader.from_config(
-        config, ctx, split, train=train, img_size=img_size, decode_on=decode_on, device=device
+        config,
+        ctx,
+        split,
+        train=train,
+        img_size=img_size,
+        decode_on=decode_on,
+        device=device,
+        exclude=exclude,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipelines.config import ClusterSection, StageConfig
 from pipelines.data.loader.read_plan import Topology, train_batches_per_rank
-from pipelines.data.manifest import read_manifest
+from pipelines.data.loader.train_sources import open_train_sources
 from pipelines.errors import DataError, VitpipeError
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
@@ -186,11 +186,10 @@ def describe_plan(config: StageConfig, placement: Placement) -> str:
 
 
 def _steps_per_epoch(config: StageConfig, world: int, accum: int) -> str:
-    shards = config.data.train_shards
-    if not shards:
+    if not config.data.train_shards:
         return "steps per epoch: unknown (no data.train_shards yet)"
     try:
-        samples = read_manifest(shards).split("train").num_samples
+        samples = open_train_sources(config.data).epoch_samples(config.data.train_split)
     except (DataError, OSError) as err:
         return f"steps per epoch: unknown ({str(err).splitlines()[0]})"
     topology = Topology(

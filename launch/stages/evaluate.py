@@ -75,7 +75,7 @@ def run_eval_stage(
                 fewshot_on_shards(
                     model,
                     config,
-                    config.data.fewshot_shards or config.data.train_shards,
+                    config.data.fewshot_shards or config.data.require_train_shards(),
                     ctx=DistContext(device=eval_device(config).type),
                     img_size=model.config.img_size,
                     shots=fewshot,

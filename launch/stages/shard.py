@@ -149,9 +149,13 @@ def ensure_shards(
     yet, so `vitpipe pretrain -c CONFIG` works from a fresh checkout. Returns the shard summary."""
     if config.shard is None or not config.shard.output or not config.data.train_shards:
         return None
-    if locate(config.data.train_shards).join(MANIFEST_NAME).is_file():
-        return None
-    if locate(config.shard.output).uri != locate(config.data.train_shards).uri:
+    output = locate(config.shard.output)
+    pending = [
+        source.shards
+        for source in config.data.train_sources
+        if locate(source.shards).uri == output.uri and not output.join(MANIFEST_NAME).is_file()
+    ]
+    if not pending:
         return None
     summary = run_shard(config, progress=progress, parent_run_id=parent_run_id)
     print(format_summary(summary))

@@ -127,9 +127,12 @@ def _with_tracking(request: TrainRequest, run: StageRun) -> TrainRequest:
 
 def _artifacts(config: StageConfig, files: RunDir) -> list[Path]:
     found = [files.path(CONFIG_RESOLVED), files.path(DEEPSPEED_CONFIG)]
-    root = config.data.train_shards
-    if root and "://" not in root and (Path(root) / MANIFEST_NAME).is_file():
-        found.append(Path(root) / MANIFEST_NAME)
+    if not config.data.train_shards:
+        return found
+    for source in config.data.train_sources:
+        root = source.shards
+        if "://" not in root and (Path(root) / MANIFEST_NAME).is_file():
+            found.append(Path(root) / MANIFEST_NAME)
     return found
 
 

@@ -48,8 +48,8 @@ def run_transfer_curve(
             progress=progress,
         )
         points.append({"k": run.shots, "seed": run.seed, "init": run.init, **_top1(result)})
-    full = read_manifest(finetune.data.require_train_shards()).split("train")
-    per_class = full.num_samples / read_manifest(finetune.data.train_shards).num_classes
+    manifest = read_manifest(finetune.data.require_train_shards())
+    per_class = manifest.split("train").num_samples / manifest.num_classes
     report = transfer_report(points, root.parent / "transfer.png", all_per_class=per_class)
     return points, report
 

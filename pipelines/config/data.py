@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.data.sources import SourceSection
 from pipelines.errors import ConfigError
@@ -33,8 +33,40 @@ class ShardSection(Section):
     max_pixels: int = Field(89_478_485, ge=1, description="larger images are rejected")
 
 
+class MixSourceSection(Section):
+    """One shard set of a mixed training set (`data.train_shards` as a list). As in MosaicML
+    Streaming, a source's share is either relative (`weight`: the epoch, as many samples as all
+    sources hold together, is split in proportion) or absolute (`repeat`: this many times its
+    own samples per epoch); a source smaller than its share repeats, a larger one is sampled
+    without replacement within the epoch."""
+
+    shards: str = Field(description="a shard dir with manifest.json (a path or a URI)")
+    weight: float | None = Field(None, gt=0, description="relative share of every epoch")
+    repeat: float | None = Field(None, gt=0, description="its samples per epoch, times this")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        max_length=64,
+        description="in metrics (data/samples_seen/NAME); None: the folder's name",
+    )
+
+    @model_validator(mode="after")
+    def _one_share(self) -> MixSourceSection:
+        if (self.weight is None) == (self.repeat is None):
+            raise ValueError("give the source a weight or a repeat (one of them)")
+        return self
+
+
 class DataSection(Section):
-    train_shards: str | None = None
+    train_shards: str | list[MixSourceSection] | None = Field(
+        None,
+        description="a shard dir, or a mix: a list of {shards, weight} or {shards, repeat}",
+    )
+    mix_classes: Literal["shared", "offset"] | None = Field(
+        None,
+        description="a mix whose sources' classes differ: one label space (shared) or each "
+        "source's class ids after the previous source's (offset); None: they must agree",
+    )
     val_shards: str | None = Field(None, description="None: the val split of train_shards")
     train_split: str = "train"
     val_split: str = "val"
@@ -74,12 +106,52 @@ class DataSection(Section):
         "in the first epoch a loader runs, in every epoch, or never",
     )
 
+    @field_validator("train_shards", mode="before")
+    @classmethod
+    def _path_or_list(cls, value: object) -> object:
+        if value is None or isinstance(value, str | list):
+            return value
+        raise ValueError(
+            "a shard dir (a path or URI), or a list of {shards, weight} / {shards, repeat} "
+            f"sources; got {value!r}"
+        )
+
+    @model_validator(mode="after")
+    def _check_mix(self) -> DataSection:
+        if not isinstance(self.train_shards, list):
+            return self
+        if not self.train_shards:
+            raise ValueError("data.train_shards: an empty list; give one source or more")
+        if len({s.weight is None for s in self.train_shards}) > 1:
+            raise ValueError(
+                "data.train_shards: give every source a weight (relative shares) or every "
+                "source a repeat (absolute), not both kinds"
+            )
+        names = [s.name for s in self.train_shards if s.name]
+        if len(names) != len(set(names)):
+            raise ValueError(f"data.train_shards: source names repeat: {names}")
+        return self
+
+    @property
+    def train_sources(self) -> tuple[MixSourceSection, ...]:
+        """The training shard sets: the single path as one source taken once per epoch."""
+        if isinstance(self.train_shards, list):
+            return tuple(self.train_shards)
+        return (MixSourceSection(shards=self.require_train_shards(), repeat=1.0),)
+
     def require_train_shards(self) -> str:
+        """The (first) training shard dir: where a mix's val split and classes default from."""
         if not self.train_shards:
             raise ConfigError(
                 "data.train_shards is not set; point it at a shard directory with manifest.json"
             )
+        if isinstance(self.train_shards, list):
+            return self.train_shards[0].shards
         return self.train_shards
+
+    def val_root(self) -> str:
+        """The shard dir validation reads: data.val_shards, else the (first) training set."""
+        return self.val_shards or self.require_train_shards()
 
 
 class AugmentSection(Section):

@@ -23,6 +23,7 @@ from pipelines.config.stage import StageConfig
 from pipelines.errors import ConfigError
 from pipelines.storage import RefusedFile, locate
 
+_MEMBER_RE = re.compile(r"^(str|int|float|bool|none|(list|dict|tuple)\[.*\])$")
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 # A config is a few hundred values; these bound what a hostile or broken file can make us build.
 MAX_CONFIG_BYTES = 1 << 20
@@ -161,7 +162,7 @@ def config_from_dict(raw: dict[str, Any]) -> StageConfig:
     try:
         return StageConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError([_describe(e) for e in err.errors()]) from None
+        raise ConfigError([_describe(e) for e in _one_member(err.errors())]) from None
 
 
 def dump_config(config: StageConfig) -> str:
@@ -219,6 +220,33 @@ def _describe(error: dict[str, Any], root: type[BaseModel] = StageConfig) -> str
     return f"{dotted}: {error['msg']}, got {given!r}"
 
 
+def _one_member(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A value that fits no member of a plain union (`str | list[...]`) is reported by every
+    member, each under its label (`data.train_shards.str`); keep what the members of the value's
+    own shape say (a list's: which entry is wrong), and leave the labels out of the location."""
+
+    def label(error: dict[str, Any]) -> int | None:
+        return next(
+            (i for i, p in enumerate(error["loc"]) if isinstance(p, str) and _MEMBER_RE.match(p)),
+            None,
+        )
+
+    kept = []
+    for error in errors:
+        at = label(error)
+        if at is None:
+            kept.append(error)
+            continue
+        loc = error["loc"]
+        others = [
+            e for e in errors if e is not error and label(e) == at and e["loc"][:at] == loc[:at]
+        ]
+        if others and len(loc) == at + 1 and error["type"].endswith("_type"):
+            continue  # the value is not of this member's type; another member says what is wrong
+        kept.append({**error, "loc": loc[:at] + loc[at + 1 :]})
+    return kept
+
+
 def _yaml_float(text: str) -> str:
     mantissa, _, exponent = text.strip().lower().partition("e")
     if "." not in mantissa:
@@ -256,6 +284,8 @@ def _place(loc: list[str], root: type[BaseModel]) -> _Place:
     rest = iter(loc)
     for part in rest:
         parts.append(part)
+        if part.isdigit():  # an entry of a list of sections: the same section
+            continue
         field = model.model_fields.get(part) if model else None
         members = _tagged_members(field) if field else {}
         if field and members:
@@ -313,7 +343,8 @@ def _describe_tag(dotted: str, union: _Union, given: Any) -> str:
 def _model_in(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    if union or typing.get_origin(annotation) in (list, tuple):
         for arg in typing.get_args(annotation):
             found = _model_in(arg)
             if found:

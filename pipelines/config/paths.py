@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipelines.config.data import MixSourceSection
 from pipelines.config.stage import StageConfig
 from pipelines.data.sources import FileSection
 from pipelines.layout import SHARDS_DIR
@@ -51,6 +52,15 @@ def absolute_resume(resume: str) -> str:
     return resume if resume in ("auto", "never") else absolute(resume)
 
 
+def _absolute_train_shards(
+    value: str | list[MixSourceSection] | None, base: Path
+) -> str | list[MixSourceSection] | None:
+    """`data.train_shards`: the path, or every mixed source's path, made absolute."""
+    if isinstance(value, list):
+        return [s.model_copy(update={"shards": absolute(s.shards, base)}) for s in value]
+    return absolute(value, base)
+
+
 def with_absolute_paths(
     config: StageConfig, run_dir: Path | str | None = None, base: Path | None = None
 ) -> StageConfig:
@@ -68,7 +78,7 @@ def with_absolute_paths(
         update["shard"] = config.shard.model_copy(update={"output": shard_output, "source": source})
     update["data"] = config.data.model_copy(
         update={
-            "train_shards": absolute(config.data.train_shards, base) or shard_output,
+            "train_shards": _absolute_train_shards(config.data.train_shards, base) or shard_output,
             "val_shards": absolute(config.data.val_shards, base),
             "fewshot_shards": absolute(config.data.fewshot_shards, base),
         }

@@ -31,13 +31,14 @@ class EvalTarget:
 def eval_target(
     model: nn.Module, config: StageConfig, *, classify: bool | None, fewshot: bool
 ) -> EvalTarget:
-    """The val shards (`data.val_shards`, else `data.train_shards`); classification needs the
-    model's class count to match them, else only the few-shot probe is possible."""
-    root = config.data.val_shards or config.data.train_shards
-    if not root:
+    """The val shards (`data.val_shards`, else `data.train_shards`, a mix's first source);
+    classification needs the model's class count to match them, else only the few-shot probe is
+    possible."""
+    if not (config.data.val_shards or config.data.train_shards):
         raise DataError(
             "data.val_shards (or data.train_shards) must point at a shard dir to evaluate on"
         )
+    root = config.data.val_root()
     manifest = read_manifest(root)
     model_classes = model.config.num_classes
     matches = model_classes == manifest.num_classes

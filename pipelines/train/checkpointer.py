@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     samples_seen: int = 0
+    samples_per_source: dict[str, int] = field(default_factory=dict)  # a mix's sources
 
 
 def select_checkpoint(root: Location | Path | str, resume: str) -> Checkpoint | None:
@@ -167,7 +168,10 @@ class Checkpointer:
         loader.load_state_dict(loader_state)
         # The epoch is the loader's, not the marker's: a checkpoint at the end of an epoch holds
         # the loader at the start of the next one, which is where reading continues.
-        self._progress = Progress(found.step, loader.epoch, int(meta.get("samples_seen", 0)))
+        per_source = {str(k): int(v) for k, v in meta.get("samples_per_source", {}).items()}
+        self._progress = Progress(
+            found.step, loader.epoch, int(meta.get("samples_seen", 0)), per_source
+        )
         if self._state_rank(found) == self.ctx.rank:
             set_rng_state(rng)
         else:
@@ -175,11 +179,16 @@ class Checkpointer:
             torch.manual_seed(resharded_rank_seed(seed, self.ctx.rank, found.step))
         return self._progress
 
+    def due(self, step: int, *, force: bool = False) -> bool:
+        """Whether `maybe_save(step, force=force)` saves: at every `checkpoint.every_n_steps`,
+        or when forced."""
+        every = self._config.checkpoint.every_n_steps
+        return force or bool(every and step % every == 0)
+
     def maybe_save(self, step: int, *, force: bool = False) -> str | None:
         """Save at every `checkpoint.every_n_steps`, or now when `force`; all ranks call it.
         Returns the committed checkpoint's path or URI."""
-        every = self._config.checkpoint.every_n_steps
-        if not force and not (every and step % every == 0):
+        if not self.due(step, force=force):
             return None
         assert self._progress is not None and self._progress.step == step, "restore() first"
         self.last_saved = self._save()

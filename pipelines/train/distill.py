@@ -25,7 +25,7 @@ from torch import nn
 import vit_core
 from pipelines.checkpoint.export import export_info, load_exported, save_model
 from pipelines.config import DistillSection, StageConfig
-from pipelines.data.manifest import read_manifest
+from pipelines.data.loader.train_sources import open_train_sources
 from pipelines.errors import CheckpointError, ConfigError
 from pipelines.train.losses import classification_loss
 from vit_core.convert.hf_dir import read_weight_file, weight_files
@@ -313,7 +313,7 @@ def runlocal_teacher(config: StageConfig, out: Path) -> StageConfig:
     if not config.runlocal or config.distill is None:
         return config
     if not (out / "model.safetensors").is_file():
-        classes = read_manifest(config.data.require_train_shards()).num_classes
+        classes = open_train_sources(config.data).num_classes
         student = config.model.vit_config(classes)
         torch.manual_seed(config.train.seed)
         teacher = vit_core.VisionTransformer(

@@ -1,5 +1,6 @@
 """What a training run reports: throughput and data wait over a logging window, reduced over
-ranks, MFU, `metrics.jsonl` (rank 0, always) and the MLflow tracker (rank 0, when tracking)."""
+ranks, MFU, samples seen per source of a mixed training set, `metrics.jsonl` (rank 0, always)
+and the MLflow tracker (rank 0, when tracking)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,8 @@ class MetricsLogger:
         teacher_flops_per_image: float | None = None,
         peaks: Peaks,
         device: torch.device,
+        source_names: Sequence[str] = (),
+        samples_per_source: Mapping[str, int] | None = None,
     ):
         self.ctx = ctx
         self.total_steps = total_steps
@@ -136,12 +140,40 @@ class MetricsLogger:
         self._micro_steps = 0
         self._window_start = resume_step or 0  # the step the open window follows
         self.last_loss = math.nan
+        # A mix's samples per source: every rank counts its own since the last fold; the totals
+        # (over ranks, the whole run) continue the resumed checkpoint's.
+        self._source_names = tuple(source_names)
+        totals = samples_per_source or {}
+        self._source_totals = {name: int(totals.get(name, 0)) for name in self._source_names}
+        self._source_window = [0] * len(self._source_names)
+        self._source_steps = 0
 
-    def add(self, loss: torch.Tensor, images: int, wait_s: float) -> None:
-        """One micro-step: its loss (on the device), batch size and time spent waiting for it."""
+    def add(
+        self, loss: torch.Tensor, images: int, wait_s: float, sources: Sequence[int] = ()
+    ) -> None:
+        """One micro-step: its loss (on the device), batch size, time spent waiting for it, and
+        with a mix the source of each of its samples (`batch["source"]`)."""
         self._loss_sum += loss.detach().float()
         self._micro_steps += 1
         self._throughput.add(images, wait_s)
+        if self._source_names:
+            self._source_steps += 1
+            for source in sources:
+                if source >= 0:
+                    self._source_window[source] += 1
+
+    def fold_sources(self) -> dict[str, int]:
+        """Samples seen per source over all ranks, to this step (a collective when any were
+        counted since the last fold: every rank calls it at the same steps)."""
+        if self._source_steps:
+            self._add_sources(self.ctx.all_reduce_sum([float(n) for n in self._source_window]))
+        return dict(self._source_totals)
+
+    def _add_sources(self, reduced: Sequence[float]) -> None:
+        for name, count in zip(self._source_names, reduced, strict=True):
+            self._source_totals[name] += int(count)
+        self._source_window = [0] * len(self._source_names)
+        self._source_steps = 0
 
     def mfu(self, images_per_sec: float) -> dict[str, float]:
         """Model FLOPs utilisation of the student: 3 x forward FLOPs per image (fwd + bwd), over
@@ -161,9 +193,10 @@ class MetricsLogger:
         `train/loss` averages the window's steps, which `train/loss_window_steps` counts: fewer
         than `log_every_n_steps` after a resume or before a stop off the logging grid."""
         images, wait = self._throughput.window()
-        loss_sum, images, wait, skipped = self.ctx.all_reduce_sum(
-            [float(self._loss_sum), images, wait, skipped]
+        loss_sum, images, wait, skipped, *per_source = self.ctx.all_reduce_sum(
+            [float(self._loss_sum), images, wait, skipped, *map(float, self._source_window)]
         )
+        self._add_sources(per_source)
         self.last_loss = loss_sum / (max(self._micro_steps, 1) * self.ctx.world_size)
         self._loss_sum.zero_()
         self._micro_steps = 0
@@ -180,6 +213,7 @@ class MetricsLogger:
             "data_wait_frac": wait / self.ctx.world_size,
             **self.mfu(images),
             "data/samples_skipped": skipped,
+            **{f"data/samples_seen/{name}": n for name, n in self._source_totals.items()},
         }
         self._emit(record)
         if self.ctx.is_main:

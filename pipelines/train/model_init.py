@@ -13,14 +13,15 @@ from torch import nn
 import vit_core
 from pipelines.checkpoint.model_sources import load_source_model, source_architecture
 from pipelines.config import FinetuneSection, StageConfig
-from pipelines.data.manifest import read_manifest
+from pipelines.data.loader.train_sources import open_train_sources
 from pipelines.train.request import TrainRequest
 from vit_core import ViTConfig
 
 
 def num_classes(config: StageConfig) -> int:
-    """The classes the head predicts: `model.num_classes`, else the training shards'."""
-    return config.model.num_classes or read_manifest(config.data.require_train_shards()).num_classes
+    """The classes the head predicts: `model.num_classes`, else the training set's (a mix's
+    with `data.mix_classes`)."""
+    return config.model.num_classes or open_train_sources(config.data).num_classes
 
 
 def architecture(request: TrainRequest, num_classes: int) -> ViTConfig:

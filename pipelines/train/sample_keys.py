@@ -1,6 +1,8 @@
 """The sample-key audit (`train.record_sample_keys`): every key each rank reads, one line per
 micro-batch in `sample_keys/rankNNNNN.jsonl`, published to run storage at each checkpoint. With
-it a test (or a user) checks that a resumed run reads no sample of an epoch twice."""
+it a test (or a user) checks that a resumed run reads no sample of an epoch twice. With a mixed
+training set each line also lists each key's source (its index in `data.train_shards`): two
+sources may hold the same key."""
 
 from __future__ import annotations
 
@@ -33,10 +35,13 @@ class SampleKeyAudit:
         name = sample_keys_name(ctx.rank)
         return cls(MetricsFile(run, SAMPLE_KEYS_DIR, name, resume_step=resume_step))
 
-    def record(self, *, step: int, epoch: int, keys: list[str]) -> None:
+    def record(
+        self, *, step: int, epoch: int, keys: list[str], sources: list[int] | None = None
+    ) -> None:
         """The keys of one micro-batch of optimizer step `step` (counted from 1)."""
         if self._file is not None:
-            self._file.write({"step": step, "epoch": epoch, "keys": keys})
+            record = {"step": step, "epoch": epoch, "keys": keys}
+            self._file.write(record | ({"sources": sources} if sources is not None else {}))
 
     def sync(self) -> None:
         """Publish the log to run storage (after a checkpoint commits)."""

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from pipelines.data.loader.shard_loader import ShardLoader
+from pipelines.data.loader.train_sources import TrainSources, open_train_sources
 from pipelines.data.manifest import read_manifest
 from pipelines.data.mixing import mix_batch
 from pipelines.distributed import DistContext
@@ -66,8 +67,8 @@ class Trainer:
         self.request, self.ctx = request, ctx
         self.config = config = request.config
         torch.manual_seed(config.train.seed)
-        manifest = read_manifest(config.data.require_train_shards())
-        self.num_classes = config.model.num_classes or manifest.num_classes
+        sources = open_train_sources(config.data)
+        self.num_classes = config.model.num_classes or sources.num_classes
         model = build_model(request, self.num_classes)
         if config.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
@@ -75,7 +76,7 @@ class Trainer:
             check_student(model)
             model.set_distilled_training(True)  # training returns (class, distillation) logits
         self.architecture = model.config
-        classes = list(manifest.classes) if len(manifest.classes) == self.num_classes else None
+        classes = list(sources.classes) if len(sources.classes) == self.num_classes else None
         self.checkpointer = Checkpointer(request, ctx, architecture=model.config, classes=classes)
         self.fast = FastPath.resolve(config, on_gpu=ctx.device == "cuda")
         self.engine = DeepSpeedEngine(
@@ -92,10 +93,12 @@ class Trainer:
             config.data.train_split,
             train=True,
             img_size=img_size,
+            root=sources,
             device=self.engine.device if self.fast.prefetch else None,
             decode_on=self.engine.device if config.data.decode_device == "cuda" else None,
         )
-        self.val_loader = self._val_loader(img_size, manifest)
+        self.val_loader = self._val_loader(img_size, sources)
+        self.mixed_sources = self._mixed_sources()
         self.run = request.files(ctx.node_id)
         self.stop = StopRequest(self.run.at(STOP_REQUEST))
         self.lr = config.optim.lr
@@ -133,6 +136,8 @@ class Trainer:
                 if done or stopping or step % log_every == 0:
                     self._log_train()
                 self._maybe_evaluate(done)
+                if self.checkpointer.due(step, force=done or stopping):
+                    self.progress.samples_per_source = self.metrics.fold_sources()
                 if self.checkpointer.maybe_save(step, force=done or stopping):
                     self.sample_keys.sync()
                 if stopping and not done:
@@ -147,7 +152,12 @@ class Trainer:
         self.lr = set_lr(self.engine.optimizer, config.optim.lr, factor)
         for micro in range(self.accum):
             batch, wait = self._next_batch()
-            self.sample_keys.record(step=step + 1, epoch=self.progress.epoch, keys=batch["key"])
+            self.sample_keys.record(
+                step=step + 1,
+                epoch=self.progress.epoch,
+                keys=batch["key"],
+                sources=batch["source"] if self.mixed_sources else None,
+            )
             images, targets = batch["image"], batch["label"]
             if self.mixing:
                 images, targets = self._mix(images, targets, step, micro)
@@ -155,7 +165,7 @@ class Trainer:
             loss = self.loss(logits, targets.to(self.engine.device), images)
             self.engine.backward(loss)
             self.engine.step()
-            self.metrics.add(loss, images.shape[0], wait)
+            self.metrics.add(loss, images.shape[0], wait, batch.get("source", ()))
         self.progress.step += 1
         self.progress.samples_seen += config.train.global_batch_size
 
@@ -277,10 +287,11 @@ class Trainer:
 
     # -- set-up and result ------------------------------------------------------------------
 
-    def _val_loader(self, img_size: int, train_manifest) -> ShardLoader | None:
+    def _val_loader(self, img_size: int, sources: TrainSources) -> ShardLoader | None:
+        """`data.val_split` of `data.val_shards`, else of the (first) training source."""
         data = self.config.data
-        root = data.val_shards or data.require_train_shards()
-        manifest = train_manifest if root == data.train_shards else read_manifest(root)
+        root = data.val_root()
+        manifest = read_manifest(root) if data.val_shards else sources.sources[0].manifest
         if data.val_split not in manifest.splits:
             return None
         return ShardLoader.from_config(
@@ -298,7 +309,14 @@ class Trainer:
             teacher_flops_per_image=self.teacher.flops_per_image if self.teacher else None,
             peaks=self._peaks(),
             device=self.engine.device,
+            source_names=self.mixed_sources,
+            samples_per_source=self.progress.samples_per_source,
         )
+
+    def _mixed_sources(self) -> tuple[str, ...]:
+        """A mix's source names (its metrics count samples per source); () for one shard set."""
+        names = self.train_loader.source_names
+        return names if len(names) > 1 else ()
 
     def _peaks(self) -> Peaks:
         """The rated peak of the dtype the matmuls run in (`mfu`) and the measured one."""

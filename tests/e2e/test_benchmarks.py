@@ -77,3 +77,16 @@ def test_train_step_rejects_a_bad_model_spec(spec, message):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr.splitlines()[-1]
+
+
+def test_plan_scale_prints_seconds_memory_and_the_ratio_to_the_old_plan(tmp_path):
+    out = tmp_path / "plan.json"
+    small = ["--sizes", "1e5", "--shards", "100", "--world", "8", "--workers", "2"]
+    small += ["--resume-world", "7", "--micro-batch", "4", "--baseline-max", "1e5"]
+    proc = _run("plan_scale.py", *small, "--json", str(out))
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("samples "))
+    for column in ("seconds", "peak RSS MB", "worker gets MB", "0.2/new seconds"):
+        assert column in header
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["step"] for r in rows] == ["plan", "consumer", "resume"]
+    assert all(isinstance(r["new"], dict) and isinstance(r["old"], dict) for r in rows)

@@ -16,6 +16,7 @@ worker, because workers share no memory with the training process.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Iterator
@@ -65,16 +66,29 @@ def _byte_tensor(data: bytes) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    """Everything a worker needs; plain data so that it pickles under any start method."""
+class SourceSpec:
+    """One shard set of the training set (several in a mix): where its shards must stay, and
+    how its samples are labelled."""
 
-    shards: tuple[Location, ...]  # indexed like the manifest's shard list
     root: Location  # every shard's resolved path must stay inside it
+    num_classes: int  # its manifest's: a label outside 0..num_classes-1 is a bad sample
+    label_key: str = "cls"  # where a sample's label is (pipelines.data.labels)
+    classes: tuple[str, ...] = ()  # class names, for labels given as names
+    label_offset: int = 0  # added to its labels (data.mix_classes: offset)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything a worker needs; plain data so that it pickles under any start method. The plan
+    is the compact description of every consumer's (O(shards)), each worker computes its own."""
+
+    shards: tuple[Location, ...]  # indexed like the plan's (combined) shard list
+    sources: tuple[SourceSpec, ...]  # one per source, in the order of the shard list
+    first_shards: tuple[int, ...]  # index of each source's first shard in `shards`
     max_member_bytes: int  # a tar member claiming more ends its shard
     plan: EpochPlan
     rank: int
     start_position: int  # rank batches of this segment already consumed
-    num_classes: int
     max_pixels: int
     max_skip_fraction: float
     img_size: int
@@ -83,9 +97,13 @@ class DatasetSpec:
     decode_in_worker: bool = True
     # (bytes, sha256) per shard: each is hashed before its samples are used; None: trusted.
     expected: tuple[tuple[int, str], ...] | None = None
-    label_key: str = "cls"  # where a sample's label is (pipelines.data.labels)
-    classes: tuple[str, ...] = ()  # class names, for labels given as names
     skips: tuple[tuple[int, ...], ...] = ()  # per shard: tar runs that are not samples
+
+    def source_of(self, shard: int) -> int:
+        return bisect.bisect_right(self.first_shards, shard) - 1
+
+    def root_of(self, shard: int) -> Location:
+        return self.sources[self.source_of(shard)].root
 
 
 @dataclass
@@ -94,6 +112,7 @@ class _Good:
     label: int
     key: str
     size: tuple[int, int] = (0, 0)  # (width, height) of an encoded image
+    source: int = 0  # which source of a mix it came from
 
 
 @dataclass
@@ -103,6 +122,7 @@ class _Slot:
     key: str
     valid: bool
     box: CropBox | None = None  # where the device crops an encoded image
+    source: int = -1  # which source of a mix (-1: padding)
 
 
 class ShardDataset(IterableDataset):
@@ -141,12 +161,15 @@ class ConsumerStream:
         self.counts = {"samples": 0, "skipped": 0, "refilled": 0, "padded": 0}
         self._reserve: list[_Good] | None = None
         self._verified: set[int] = set()
-        self._label_args = {
-            "num_classes": spec.num_classes,
-            "max_pixels": spec.max_pixels,
-            "label_key": spec.label_key,
-            "classes": {name: i for i, name in enumerate(spec.classes)},
-        }
+        self._label_args = [
+            {
+                "num_classes": source.num_classes,
+                "max_pixels": spec.max_pixels,
+                "label_key": source.label_key,
+                "classes": {name: i for i, name in enumerate(source.classes)},
+            }
+            for source in spec.sources
+        ]
 
     def batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
         """Batches start_batch.. of this consumer; a DataError becomes a final {'error': ...}."""
@@ -166,7 +189,7 @@ class ConsumerStream:
         position, item = next(slots)
         copy = slot % self.plan.repeats  # which copy of a repeated sample: its own augmentation
         try:
-            good = self._decode(item)
+            good = self._decode(item, self._source_at(position))
             self.counts["samples"] += 1
         except BadSample as err:
             self._skip(position, item, str(err))
@@ -179,8 +202,9 @@ class ConsumerStream:
             self.counts["refilled"] += 1
         if not self.spec.decode_in_worker:
             box = self._box(good.size, position, copy)
-            return _Slot(good.image, good.label, good.key, True, box)
-        return _Slot(self._augment(good.image, position, copy), good.label, good.key, True)
+            return _Slot(good.image, good.label, good.key, True, box, good.source)
+        image = self._augment(good.image, position, copy)
+        return _Slot(image, good.label, good.key, True, source=good.source)
 
     def _padding(self) -> _Slot:
         self.counts["padded"] += 1
@@ -202,6 +226,7 @@ class ConsumerStream:
             "image": images,
             "label": torch.tensor([s.label for s in filled], dtype=torch.int64),
             "key": [s.key for s in filled],
+            "source": [s.source for s in filled],
             "valid": torch.tensor([s.valid for s in filled], dtype=torch.bool),
             "stats": {"consumer": self.plan.consumer, **self.counts},
         }
@@ -212,6 +237,7 @@ class ConsumerStream:
             "box": torch.tensor([s.box.as_row() for s in filled], dtype=torch.int64),
             "label": torch.tensor([s.label for s in filled], dtype=torch.int64),
             "key": [s.key for s in filled],
+            "source": [s.source for s in filled],
             "valid": torch.tensor([s.valid for s in filled], dtype=torch.bool),
             "stats": {"consumer": self.plan.consumer, **self.counts},
         }
@@ -220,9 +246,9 @@ class ConsumerStream:
         """The consumer's first `micro_batch_size` good samples in slot order (read lazily)."""
         if self._reserve is None:
             self._reserve = []
-            for _, item in self._slots(0):
+            for position, item in self._slots(0):
                 try:
-                    self._reserve.append(self._decode(item))
+                    self._reserve.append(self._decode(item, self._source_at(position)))
                 except BadSample:
                     continue
                 if len(self._reserve) == self.plan.micro_batch_size:
@@ -248,22 +274,28 @@ class ConsumerStream:
         for shard, offsets in self.spec.plan.stream.group(positions):
             location = self.spec.shards[shard]
             if self.spec.expected is not None and shard not in self._verified:
-                verify_shard(location, self.spec.root, *self.spec.expected[shard])
+                verify_shard(location, self.spec.root_of(shard), *self.spec.expected[shard])
                 self._verified.add(shard)
             spec = self.spec
             skip = spec.skips[shard] if spec.skips else ()
             wanted = offsets.tolist()
-            for _, item in read_shard(location, wanted, spec.root, spec.max_member_bytes, skip):
+            root = spec.root_of(shard)
+            for _, item in read_shard(location, wanted, root, spec.max_member_bytes, skip):
                 yield item
 
-    def _decode(self, item: RawSample | Missing) -> _Good:
+    def _source_at(self, position: int) -> int:
+        stream = self.spec.plan.stream
+        return self.spec.source_of(int(stream.order[stream.piece_of(position)]))
+
+    def _decode(self, item: RawSample | Missing, source: int) -> _Good:
         if isinstance(item, Missing):
             raise BadSample(item.reason)
+        offset = self.spec.sources[source].label_offset
         if not self.spec.decode_in_worker:
-            data, size, label = parse_sample(item, **self._label_args)
-            return _Good(data, label, item.key, size)
-        image, label = decode_sample(item, **self._label_args)
-        return _Good(image, label, item.key)
+            data, size, label = parse_sample(item, **self._label_args[source])
+            return _Good(data, label + offset, item.key, size, source)
+        image, label = decode_sample(item, **self._label_args[source])
+        return _Good(image, label + offset, item.key, source=source)
 
     def _augment(self, image: torch.Tensor, position: int, copy: int) -> torch.Tensor:
         if not self.train:

@@ -75,8 +75,9 @@ class DeviceDecoder:
             j = next((g for g in good if g > i), good[0])
             images[i], boxes[i] = images[j], boxes[j]
             batch["label"][i] = batch["label"][j]
-            if "key" in batch:
-                batch["key"][i] = batch["key"][j]
+            for listed in ("key", "source"):
+                if listed in batch:
+                    batch[listed][i] = batch[listed][j]
             valid[i] = True
 
     def _decode(self, encoded: list[torch.Tensor], valid: torch.Tensor) -> list[torch.Tensor]:

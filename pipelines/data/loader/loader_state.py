@@ -15,18 +15,23 @@ Resuming
   (with `data.repeated_aug`, no repeat group: a consumed group leaves the pool whole);
   the remainder of the re-split (fewer than new consumers x micro-batch samples) is dropped.
   `describe_resume()` says which of the two happened, with the numbers, for the logs.
-The state must come from the same shard list (manifest fingerprint) and seed, else `DataError`.
+The state must come from the same shard list (manifest fingerprint; for a mix, every source and
+its share), the same seed and the same excluded samples (`exclusion_digest`, recorded only when
+samples are excluded), else `DataError`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pipelines.data.loader.read_plan import Segment, Topology
-from pipelines.data.manifest import SplitInfo
+from pipelines.data.manifest import ShardInfo, SplitInfo
 from pipelines.errors import DataError
 
 STATE_VERSION = 1
@@ -46,6 +51,14 @@ def split_fingerprint(split: str, info: SplitInfo, label_key: str = "cls") -> st
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def exclusion_digest(shards: Sequence[ShardInfo], excluded: Mapping[int, np.ndarray]) -> str | None:
+    """A short hash of which samples are left out (shard sha256 and offsets); None: none are."""
+    if not excluded:
+        return None
+    listed = sorted([shards[i].sha256, i, offsets.tolist()] for i, offsets in excluded.items())
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class LoaderState:
     split: str
@@ -55,6 +68,7 @@ class LoaderState:
     position: int
     topology: Topology
     history: tuple[Segment, ...]
+    exclude: str | None = None  # exclusion_digest
 
 
 def encode_state(state: LoaderState) -> dict[str, Any]:
@@ -68,13 +82,21 @@ def encode_state(state: LoaderState) -> dict[str, Any]:
         "position": state.position,
         **state.topology.to_dict(),
         "history": [{**s.topology.to_dict(), "position": s.position} for s in state.history],
+        **({"exclude_digest": state.exclude} if state.exclude else {}),
     }
 
 
 def decode_state(
-    state: dict[str, Any], *, split: str, fingerprint: str, seed: int, where: str
+    state: dict[str, Any],
+    *,
+    split: str,
+    fingerprint: str,
+    seed: int,
+    where: str,
+    exclude: str | None = None,
 ) -> LoaderState:
-    """Parse `state` and check it belongs to split `split` of `where` with this seed."""
+    """Parse `state` and check it belongs to split `split` of `where` with this seed and these
+    excluded samples."""
     try:
         version = state["version"]
         old = Topology.from_dict(state)
@@ -87,6 +109,7 @@ def decode_state(
             state["manifest_fingerprint"],
             state["seed"],
         )
+        saved_exclude = state.get("exclude_digest")
     except (KeyError, TypeError, ValueError) as err:
         raise DataError(f"loader state is malformed ({err!r}): {state!r}") from None
     if version != STATE_VERSION:
@@ -102,6 +125,12 @@ def decode_state(
             f"loader state was written with seed {saved_seed}, this loader has seed {seed}; "
             "resume with the same train.seed"
         )
+    if saved_exclude != exclude:
+        raise DataError(
+            f"loader state was written excluding samples {saved_exclude or '(none)'}, this run "
+            f"excludes {exclude or '(none)'}; resume with the exclusion list the checkpoint was "
+            "trained with (data.exclude), or start a new run"
+        )
     if epoch < 0 or position < 0:
         raise DataError(f"loader state has a negative epoch or position: {state!r}")
-    return LoaderState(split, fingerprint, seed, epoch, position, old, history)
+    return LoaderState(split, fingerprint, seed, epoch, position, old, history, exclude)

@@ -7,8 +7,9 @@ turned back into "exactly these samples were consumed" by re-running the plan.
 
 Training epoch
 --------------
-1. The shard list is shuffled from (seed, epoch). The samples of the shards in that order form
-   the epoch's global stream; a sample's *global position* is its index in that stream.
+1. The epoch's stream (`epoch_stream`): the shard list shuffled from (seed, epoch), or a mix of
+   shard sets drawn in proportion; excluded samples are absent. A sample's *global position* is
+   its index in that stream.
 2. The stream is cut into C = world_size x workers_per_rank contiguous ranges of n samples each,
    n = N // C rounded down to a multiple of micro_batch_size. Consumer c = rank * workers + worker
    reads range c. The remainder, the last N - C * n samples of the stream, is dropped for this
@@ -26,6 +27,17 @@ Resuming with a different topology mid-epoch makes the epoch a list of *segments
 the old topology consumed (re-derived from its position) leave the pool, the remaining samples, in
 global order, are cut over the new consumers with the same rule, and the next epoch starts whole.
 
+Scale: ranges, not arrays
+-------------------------
+The pool is never materialised. Each old consumer consumed an exact count (a function of its
+worker index and the position) from a known contiguous range of the old pool, so the pool after
+a segment is, in order, each old consumer's range less its consumed samples, then the old tail:
+a `SegmentCut` holds that as a few counts. A consumer's range in the newest pool maps down
+through the cuts to global positions, replaying only the few old consumers it overlaps. Planning
+costs O(pieces of the stream + workers per rank x segments) and a consumer's plan O(its own
+samples + the old consumers it overlaps), whatever N is; the `EpochPlan` a dataloader worker
+receives is that compact description, from which it computes its own consumer.
+
 Evaluation
 ----------
 No shuffle, no drop: the manifest order is cut into C contiguous ranges whose sizes differ by at
@@ -34,17 +46,40 @@ most one, and every consumer is padded to the same batch count with masked slots
 
 from __future__ import annotations
 
-import bisect
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipelines.data.loader.epoch_stream import (
+    EpochStream,
+    SourceShare,
+    mixed_stream,
+    shard_order,
+    single_stream,
+)
 from pipelines.data.manifest import ShardInfo
 from pipelines.errors import DataError
 from pipelines.seeds import derive_seed
+
+__all__ = [
+    "ConsumerPlan",
+    "EpochPlan",
+    "EpochStream",
+    "Segment",
+    "SegmentCut",
+    "SourceShare",
+    "Topology",
+    "excluded_offsets",
+    "plan_eval",
+    "plan_train_epoch",
+    "shard_order",
+    "shuffle_buffer_order",
+    "train_batches_per_rank",
+    "worker_batches_before",
+]
 
 
 @dataclass(frozen=True)
@@ -113,13 +148,6 @@ class Segment:
     position: int
 
 
-def shard_order(num_shards: int, seed: int, epoch: int) -> list[int]:
-    """Manifest indices of the shards in the order epoch `epoch` streams them."""
-    order = list(range(num_shards))
-    random.Random(derive_seed("shards", seed, epoch)).shuffle(order)
-    return order
-
-
 def shuffle_buffer_order(n: int, buffer_size: int, seed: int) -> np.ndarray:
     """Output order of a shuffle buffer fed 0..n-1: out[j] is the local index emitted j-th.
 
@@ -152,31 +180,95 @@ def worker_batches_before(position: int, worker: int, workers_per_rank: int) -> 
     return max(0, -(-(position - worker) // workers_per_rank))
 
 
-class EpochStream:
-    """Maps global positions of one epoch to (manifest shard index, sample index in the shard)."""
+def _order_seed(seed: int, epoch: int, segment: int, consumer: int) -> int:
+    return derive_seed("buffer", seed, epoch, segment, consumer)
 
-    def __init__(self, shards: Sequence[ShardInfo], order: Sequence[int]):
-        self.shards = tuple(shards)
-        self.order = tuple(order)
-        counts = [self.shards[i].samples for i in self.order]
-        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self.num_samples = int(self.starts[-1])
 
-    def locate(self, position: int) -> tuple[int, int]:
-        k = bisect.bisect_right(self.starts, position) - 1
-        return self.order[k], position - int(self.starts[k])
+def _group_heads(span: int, repeats: int, seed: int) -> np.ndarray:
+    """Which of a consumer's `span` samples it reads: all of them, or with repeated augmentation
+    the ceil(span / repeats) repeated ones, drawn at random and sorted, so that the consumer
+    still reads its shards front to back."""
+    if repeats == 1:
+        return np.arange(span, dtype=np.int64)
+    count = -(-span // repeats)
+    return np.sort(np.random.default_rng(seed).choice(span, size=count, replace=False))
 
-    def group(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Sorted positions -> [(manifest shard index, sorted in-shard offsets)], stream order."""
-        if len(positions) == 0:
-            return []
-        ks = np.searchsorted(self.starts, positions, side="right") - 1
-        cuts = np.flatnonzero(np.diff(ks)) + 1
-        groups = []
-        for part, kpart in zip(np.split(positions, cuts), np.split(ks, cuts), strict=True):
-            k = int(kpart[0])
-            groups.append((self.order[k], part - self.starts[k]))
-        return groups
+
+@dataclass(frozen=True)
+class SegmentCut:
+    """How segment `index` of an epoch turned its pool into the next segment's, as counts.
+
+    Under `topology`, consumer c read pool indices [c * per, (c + 1) * per) and, by the time every
+    rank had taken `position` batches, had consumed `consumed[c % workers]` of them (the count
+    depends only on the worker index). The next pool is, in order, each consumer's range less what
+    it consumed, then this pool's tail from C * per on.
+    """
+
+    seed: int
+    epoch: int
+    index: int
+    topology: Topology
+    position: int
+    pool_size: int
+    per: int
+    consumed: tuple[int, ...]
+
+    @classmethod
+    def of(
+        cls, segment: Segment, *, seed: int, epoch: int, index: int, pool_size: int
+    ) -> SegmentCut:
+        topo = segment.topology
+        per = _split_train(pool_size, topo)
+        consumed = []
+        for worker in range(topo.workers_per_rank):
+            batches = worker_batches_before(segment.position, worker, topo.workers_per_rank)
+            slots = min(batches * topo.micro_batch_size, per)
+            consumed.append(-(-slots // topo.repeats))  # a repeat group counts once
+        return cls(seed, epoch, index, topo, segment.position, pool_size, per, tuple(consumed))
+
+    @property
+    def next_pool_size(self) -> int:
+        return self.pool_size - self.topology.world_size * sum(self.consumed)
+
+    def to_previous(self, indices: np.ndarray) -> np.ndarray:
+        """Sorted indices into the next pool -> the same samples' indices into this pool."""
+        topo, per = self.topology, self.per
+        workers = topo.workers_per_rank
+        remaining = per - np.asarray(self.consumed, dtype=np.int64)
+        prefix = np.concatenate([[0], np.cumsum(remaining)])
+        per_rank = int(prefix[-1])
+        kept_ranges = topo.world_size * per_rank
+        out = np.empty_like(indices)
+        tail = indices >= kept_ranges
+        out[tail] = topo.num_consumers * per + (indices[tail] - kept_ranges)
+        head = indices[~tail]
+        if len(head):
+            rank, within = np.divmod(head, per_rank)
+            worker = np.searchsorted(prefix, within, side="right") - 1
+            consumer = rank * workers + worker
+            local = within - prefix[worker]
+            starts = np.concatenate([[0], np.flatnonzero(np.diff(consumer)) + 1, [len(head)]])
+            mapped = np.empty_like(head)
+            for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+                c = int(consumer[lo])
+                mapped[lo:hi] = c * per + self._kept(c, local[lo:hi])
+            out[~tail] = mapped
+        return out
+
+    def _kept(self, consumer: int, local: np.ndarray) -> np.ndarray:
+        """The local-th samples (sorted) of `consumer`'s range that it did not consume."""
+        topo = self.topology
+        count = self.consumed[consumer % topo.workers_per_rank]
+        if count == 0:
+            return local
+        if topo.repeats == 1 and topo.shuffle_buffer <= 1:  # it consumed its first `count`
+            return local + count
+        seed = _order_seed(self.seed, self.epoch, self.index, consumer)
+        heads = _group_heads(self.per, topo.repeats, seed)
+        order = shuffle_buffer_order(len(heads), topo.shuffle_buffer, seed)
+        gone = np.zeros(self.per, dtype=bool)
+        gone[heads[order[:count]]] = True
+        return np.flatnonzero(~gone)[local]
 
 
 @dataclass(frozen=True)
@@ -205,19 +297,21 @@ class ConsumerPlan:
         return self.num_batches * self.micro_batch_size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EpochPlan:
-    """One epoch (or the current segment of a resumed epoch) for every consumer of every rank."""
+    """One epoch (or the current segment of a resumed epoch) for every consumer of every rank,
+    as a compact description: O(pieces + segments x workers), never O(samples)."""
 
     train: bool
     seed: int
     epoch: int
     topology: Topology
     stream: EpochStream
-    pool: np.ndarray  # global positions still to be split in this segment, sorted
+    pool_size: int  # samples still to be split in this segment
     per_consumer: int  # train: n samples per consumer; eval: the largest consumer's count
     segment_index: int = 0
     dropped: int = 0
+    cuts: tuple[SegmentCut, ...] = ()  # the earlier segments of this epoch, oldest first
 
     @property
     def batches_per_worker(self) -> int:
@@ -227,28 +321,45 @@ class EpochPlan:
     def batches_per_rank(self) -> int:
         return self.batches_per_worker * self.topology.workers_per_rank
 
+    @property
+    def consumed_before(self) -> int:
+        """Samples of the epoch's stream the earlier segments consumed."""
+        return self.stream.num_samples - self.pool_size
+
     def consumer(self, rank: int, worker: int) -> ConsumerPlan:
         topo = self.topology
         assert 0 <= rank < topo.world_size and 0 <= worker < topo.workers_per_rank
         c = rank * topo.workers_per_rank + worker
         if self.train:
-            positions = self.pool[c * self.per_consumer : (c + 1) * self.per_consumer]
-            order_seed = derive_seed("buffer", self.seed, self.epoch, self.segment_index, c)
-            if topo.repeats > 1:
-                positions = _repeat_group_heads(positions, topo.repeats, order_seed)
-            order = shuffle_buffer_order(len(positions), topo.shuffle_buffer, order_seed)
+            seed = _order_seed(self.seed, self.epoch, self.segment_index, c)
+            local = _group_heads(self.per_consumer, topo.repeats, seed)
+            positions = self.positions(c * self.per_consumer + local)
+            order = shuffle_buffer_order(len(positions), topo.shuffle_buffer, seed)
             order = np.repeat(order, topo.repeats)[: self.per_consumer]
         else:
-            q, r = divmod(len(self.pool), topo.num_consumers)
+            q, r = divmod(self.pool_size, topo.num_consumers)
             lo = c * q + min(c, r)
-            positions = self.pool[lo : lo + q + (c < r)]
+            positions = np.arange(lo, lo + q + (c < r), dtype=np.int64)
             order = np.arange(len(positions), dtype=np.int64)
         return ConsumerPlan(
             c, positions, order, self.batches_per_worker, topo.micro_batch_size, topo.repeats
         )
 
+    def positions(self, indices: np.ndarray) -> np.ndarray:
+        """Sorted indices into this segment's pool -> global positions of the stream."""
+        for cut in reversed(self.cuts):
+            indices = cut.to_previous(indices)
+        return indices
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Every global position still to be split in this segment, sorted. O(N): for tests and
+        debugging only; planning never builds it."""
+        return self.positions(np.arange(self.pool_size, dtype=np.int64))
+
     def consumed(self, position: int) -> np.ndarray:
-        """Global positions consumed once every rank has taken `position` batches (sorted)."""
+        """Global positions consumed once every rank has taken `position` batches (sorted).
+        O(N): for tests; a resume derives the same from `SegmentCut` counts."""
         topo = self.topology
         parts = []
         for rank in range(topo.world_size):
@@ -260,14 +371,6 @@ class EpochPlan:
         if not parts:
             return np.empty(0, dtype=np.int64)
         return np.unique(np.concatenate(parts))  # sorted; a repeat group counts once
-
-
-def _repeat_group_heads(span: np.ndarray, repeats: int, seed: int) -> np.ndarray:
-    """The ceil(len(span) / repeats) positions of `span` that are repeated, drawn at random and
-    returned sorted, so that the consumer still reads its shards front to back."""
-    count = -(-len(span) // repeats)
-    chosen = np.random.default_rng(seed).choice(len(span), size=count, replace=False)
-    return span[np.sort(chosen)]
 
 
 def _split_train(pool_size: int, topo: Topology) -> int:
@@ -285,6 +388,26 @@ def train_batches_per_rank(num_samples: int, topology: Topology) -> int:
     )
 
 
+def excluded_offsets(
+    shards: Sequence[ShardInfo], exclude: Mapping[int, Sequence[int]] | None
+) -> dict[int, np.ndarray]:
+    """`exclude` (shard index -> in-shard offsets of samples to leave out) checked and as sorted
+    unique arrays; a `DataError` names a shard index or offset that is not in `shards`."""
+    found: dict[int, np.ndarray] = {}
+    for shard, offsets in (exclude or {}).items():
+        if not 0 <= shard < len(shards):
+            raise DataError(f"excluded samples name shard #{shard}; the set has {len(shards)}")
+        unique = np.unique(np.asarray(offsets, dtype=np.int64))
+        samples = shards[shard].samples
+        if len(unique) and (unique[0] < 0 or unique[-1] >= samples):
+            raise DataError(
+                f"excluded samples of shard {shards[shard].name} must be offsets 0..{samples - 1}"
+            )
+        if len(unique):
+            found[int(shard)] = unique
+    return found
+
+
 def plan_train_epoch(
     shards: Sequence[ShardInfo],
     *,
@@ -293,36 +416,51 @@ def plan_train_epoch(
     topology: Topology,
     history: Sequence[Segment] = (),
     split: str = "train",
+    exclude: Mapping[int, Sequence[int]] | None = None,
+    mix: Sequence[SourceShare] | None = None,
 ) -> EpochPlan:
     """The plan of the current segment of a training epoch (the whole epoch if no history).
 
     `history` lists the earlier segments of this epoch (other topologies, from checkpoints):
     their consumed samples are removed from the pool before it is split over `topology`.
+    `exclude` (shard index -> in-shard offsets) removes samples from every epoch as if absent;
+    `mix` reads `shards` as the concatenated shard lists of sources, each with its share.
     Raises `DataError` if a whole epoch cannot give every consumer one micro-batch.
     """
-    stream = EpochStream(shards, shard_order(len(shards), seed, epoch))
-    pool = np.arange(stream.num_samples, dtype=np.int64)
-    for index, seg in enumerate(history):
-        per = _split_train(len(pool), seg.topology)
-        old = EpochPlan(True, seed, epoch, seg.topology, stream, pool, per, index)
-        pool = np.setdiff1d(pool, old.consumed(seg.position), assume_unique=True)
-    per = _split_train(len(pool), topology)
+    excluded = excluded_offsets(shards, exclude)
+    if mix:
+        stream = mixed_stream(shards, mix, seed, epoch, excluded)
+    else:
+        stream = single_stream(shards, seed, epoch, excluded)
+    size, cuts = stream.num_samples, []
+    for index, segment in enumerate(history):
+        cut = SegmentCut.of(segment, seed=seed, epoch=epoch, index=index, pool_size=size)
+        cuts.append(cut)
+        size = cut.next_pool_size
+    per = _split_train(size, topology)
     if per == 0 and not history:
         need = topology.num_consumers * topology.micro_batch_size
         raise DataError(
-            f"split {split!r} has {stream.num_samples} samples, but world_size="
+            f"split {split!r} has {stream.num_samples} samples per epoch, but world_size="
             f"{topology.world_size} x workers per rank={topology.workers_per_rank} x "
             f"micro_batch_size={topology.micro_batch_size} needs at least {need} per epoch "
             "(one micro-batch per consumer); lower data.num_workers or "
             "train.micro_batch_size, use fewer training workers, or add data"
         )
-    dropped = len(pool) - per * topology.num_consumers
-    return EpochPlan(True, seed, epoch, topology, stream, pool, per, len(history), dropped)
+    dropped = size - per * topology.num_consumers
+    return EpochPlan(
+        True, seed, epoch, topology, stream, size, per, len(history), dropped, tuple(cuts)
+    )
 
 
 def plan_eval(shards: Sequence[ShardInfo], *, topology: Topology) -> EpochPlan:
     """Every sample once, manifest order, ranges differing by at most one, padded batches."""
-    stream = EpochStream(shards, range(len(shards)))
-    pool = np.arange(stream.num_samples, dtype=np.int64)
-    largest = -(-len(pool) // topology.num_consumers)
-    return EpochPlan(False, 0, 0, topology, stream, pool, largest)
+    stream = _manifest_order(shards)
+    largest = -(-stream.num_samples // topology.num_consumers)
+    return EpochPlan(False, 0, 0, topology, stream, stream.num_samples, largest)
+
+
+def _manifest_order(shards: Sequence[ShardInfo]) -> EpochStream:
+    counts = np.fromiter((s.samples for s in shards), dtype=np.int64, count=len(shards))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return EpochStream(np.arange(len(shards), dtype=np.int64), starts)

@@ -16,6 +16,11 @@ consumed as soon as it is yielded.
 Resuming: bit-exact with the same topology, continued without repeats on a new one; see
 `loader_state` for the rules.
 
+The training set is one shard set or a mix of several (`TrainSources`, from `data.train_shards`):
+the plan reads their shards as one list with each source's share per epoch, every batch says
+which source each slot came from (`source`), and labels are offset per source where
+`data.mix_classes: offset` says so. `exclude` leaves samples out of every epoch as if absent.
+
 Evaluation (`train=False`)
 --------------------------
 Every sample of the split exactly once across ranks, no shuffle, no drop; every rank yields the
@@ -41,7 +46,7 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -50,7 +55,7 @@ from torch.utils.data import DataLoader
 from pipelines.config import StageConfig
 from pipelines.config.data import AugmentSection, DataSection
 from pipelines.data.loader.counters import LoaderCounters
-from pipelines.data.loader.dataset import DatasetSpec, ShardDataset
+from pipelines.data.loader.dataset import DatasetSpec, ShardDataset, SourceSpec
 from pipelines.data.loader.device_decode import DeviceDecoder
 from pipelines.data.loader.device_prefetch import DeviceBatch, prefetched
 from pipelines.data.loader.exit_with_trainer import exit_with_this_process
@@ -58,21 +63,24 @@ from pipelines.data.loader.loader_state import (
     LoaderState,
     decode_state,
     encode_state,
-    split_fingerprint,
+    exclusion_digest,
 )
 from pipelines.data.loader.read_plan import (
     EpochPlan,
     Segment,
     Topology,
+    excluded_offsets,
     plan_eval,
     plan_train_epoch,
+    train_batches_per_rank,
 )
 from pipelines.data.loader.shard_files import check_shard_files
-from pipelines.data.manifest import Manifest, check_shard_name, read_manifest
+from pipelines.data.loader.train_sources import TrainSource, TrainSources, open_train_sources
+from pipelines.data.manifest import Manifest, check_shard_name
 from pipelines.distributed import DistContext
 from pipelines.errors import DataError
 from pipelines.seeds import derive_seed
-from pipelines.storage import Location, locate
+from pipelines.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +95,7 @@ class ShardLoader:
 
     def __init__(
         self,
-        root: str | Location,
+        root: str | Location | TrainSources,
         split: str,
         *,
         rank: int,
@@ -102,22 +110,28 @@ class ShardLoader:
         multiprocessing_context: str | None = None,
         device: torch.device | None = None,
         decode_on: torch.device | None = None,
+        exclude: Mapping[str, Sequence[int]] | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        self.root = locate(root) if isinstance(root, str) else root
-        self.manifest = manifest if manifest is not None else read_manifest(self.root)
+        if not isinstance(root, TrainSources):
+            root = TrainSources.single(root, manifest)
+        self.sources = root
+        self.root = root.sources[0].root
+        self.manifest = root.sources[0].manifest
         self.split = split
-        info = self.manifest.split(split)
-        for shard in info.shards:  # also checked on read; a manifest built in code is data too
-            check_shard_name(shard.name, self.root.uri)
-        if not self.manifest.classes:
-            raise DataError(f"{self.root.uri}: the manifest lists no classes")
-        self._info = info
-        # Format 2 manifests (indexed WebDataset shards) keep their shards elsewhere.
-        self.shards_root = self.manifest.shards_root(self.root, split)
-        self._shards = tuple(self.shards_root.join(s.name) for s in info.shards)
-        check_shard_files(self.shards_root, self._shards, info.shards)
+        self._source_specs = tuple(self._open_source(s, split) for s in root.sources)
+        self._shard_infos = root.shards(split)
+        self._first_shards = root.first_shards(split)
+        self._shards = tuple(
+            spec.root.join(shard.name)
+            for spec, info in zip(self._source_specs, root.split(split), strict=True)
+            for shard in info.shards
+        )
+        self._excluded = excluded_offsets(self._shard_infos, self._by_index(exclude))
+        self.exclude_digest = exclusion_digest(self._shard_infos, self._excluded)
+        self._mix = root.shares(split, self._excluded) if train else None
+        self._epoch_samples = root.epoch_samples(split, self._excluded)
         self.rank = rank
         self.seed = seed
         self.train = train
@@ -136,7 +150,7 @@ class ShardLoader:
             data.shuffle_buffer if train else 0,
             data.repeated_aug if train else 1,
         )
-        self.fingerprint = split_fingerprint(split, info, self.manifest.label_key)
+        self.fingerprint = root.fingerprint(split)
         self._epoch = 0
         self._position = 0
         self._history: tuple[Segment, ...] = ()
@@ -161,19 +175,22 @@ class ShardLoader:
         *,
         train: bool,
         img_size: int,
-        root: str | Location | None = None,
+        root: str | Location | TrainSources | None = None,
         manifest: Manifest | None = None,
         device: torch.device | None = None,
         decode_on: torch.device | None = None,
+        exclude: Mapping[str, Sequence[int]] | None = None,
     ) -> ShardLoader:
         """The loader of rank `ctx.rank` of `ctx.world_size` for `split` of `root`.
 
         Every call site (the trainer's train and val loaders, the few-shot probe, the eval stage)
-        builds its loader here: `root` defaults to `data.train_shards`; micro-batch and seed come
-        from `train:`, workers, buffers and verification from `data:`, crops from `augment:`.
+        builds its loader here: `root` defaults to `data.train_shards` (one shard set or a mix);
+        micro-batch and seed come from `train:`, workers, buffers and verification from `data:`,
+        crops from `augment:`. `exclude` (shard sha256 -> in-shard sample offsets) leaves those
+        samples out of every training epoch as if the shards did not hold them.
         """
         return cls(
-            root or config.data.require_train_shards(),
+            root or open_train_sources(config.data),
             split,
             rank=ctx.rank,
             world_size=ctx.world_size,
@@ -186,7 +203,48 @@ class ShardLoader:
             manifest=manifest,
             device=device,
             decode_on=decode_on,
+            exclude=exclude,
         )
+
+    def _open_source(self, source: TrainSource, split: str) -> SourceSpec:
+        """A source's shard names and files checked, before any plan is sized from them."""
+        info = source.manifest.split(split)
+        for shard in info.shards:  # also checked on read; a manifest built in code is data too
+            check_shard_name(shard.name, source.root.uri)
+        if not source.manifest.classes:
+            raise DataError(f"{source.root.uri}: the manifest lists no classes")
+        # Format 2 manifests (indexed WebDataset shards) keep their shards elsewhere.
+        shards_root = source.manifest.shards_root(source.root, split)
+        check_shard_files(shards_root, [shards_root.join(s.name) for s in info.shards], info.shards)
+        return SourceSpec(
+            shards_root,
+            source.manifest.num_classes,
+            source.manifest.label_key,
+            source.manifest.classes,
+            source.label_offset,
+        )
+
+    def _by_index(self, exclude: Mapping[str, Sequence[int]] | None) -> dict[int, Sequence[int]]:
+        """`exclude` keyed by shard sha256 -> keyed by index in the shard list (every shard
+        with that content); a sha256 that names no shard of the set is a `DataError`."""
+        if not exclude:
+            return {}
+        where: dict[str, list[int]] = {}
+        for index, shard in enumerate(self._shard_infos):
+            where.setdefault(shard.sha256, []).append(index)
+        unknown = sorted(set(exclude) - set(where))
+        if unknown:
+            raise DataError(
+                f"excluded samples name {len(unknown)} shard(s) that split {self.split!r} of "
+                f"{self.root.uri} does not hold (sha256 {unknown[0][:16]}...); the exclusion "
+                "list was written for another shard set"
+            )
+        return {i: offsets for sha, offsets in exclude.items() for i in where[sha]}
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The training set's sources (a batch's `source` entries index this)."""
+        return self.sources.names
 
     # -- epochs and sizes ------------------------------------------------------------------
 
@@ -204,8 +262,7 @@ class ShardLoader:
         """Batches every rank yields in a whole epoch with this loader's topology."""
         if not self.train:
             return self._plan().batches_per_rank
-        n = self._info.num_samples // self.topology.num_consumers
-        return (n // self.topology.micro_batch_size) * self.topology.workers_per_rank
+        return train_batches_per_rank(self._epoch_samples, self.topology)
 
     @property
     def epoch_batches(self) -> int:
@@ -230,15 +287,17 @@ class ShardLoader:
         if self._plan_cache is None or self._plan_cache[0] != key:
             if self.train:
                 plan = plan_train_epoch(
-                    self._info.shards,
+                    self._shard_infos,
                     seed=self.seed,
                     epoch=self._epoch,
                     topology=self.topology,
                     history=self._history,
                     split=self.split,
+                    exclude=self._excluded,
+                    mix=self._mix,
                 )
             else:
-                plan = plan_eval(self._info.shards, topology=self.topology)
+                plan = plan_eval(self._shard_infos, topology=self.topology)
             self._plan_cache = (key, plan)
         return self._plan_cache[1]
 
@@ -254,21 +313,19 @@ class ShardLoader:
     def _run(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
         spec = DatasetSpec(
             shards=self._shards,
-            root=self.shards_root,
+            sources=self._source_specs,
+            first_shards=self._first_shards,
             max_member_bytes=self.data.max_member_bytes,
             plan=plan,
             rank=self.rank,
             start_position=self._position,
-            num_classes=self.manifest.num_classes,
             max_pixels=self.data.max_pixels,
             max_skip_fraction=self.data.max_skip_fraction,
             img_size=self.img_size,
             augment=self.augment,
             decode_in_worker=self.decode_on is None,
             expected=self._expected() if self._verify_next_run() else None,
-            label_key=self.manifest.label_key,
-            classes=self.manifest.classes,
-            skips=tuple(s.skip for s in self._info.shards),
+            skips=tuple(s.skip for s in self._shard_infos),
         )
         workers = self.data.num_workers
         pin = (
@@ -315,7 +372,7 @@ class ShardLoader:
         return mode == "always" or (mode == "first_epoch" and not self._epochs_run)
 
     def _expected(self) -> tuple[tuple[int, str], ...]:
-        return tuple((s.bytes, s.sha256) for s in self._info.shards)
+        return tuple((s.bytes, s.sha256) for s in self._shard_infos)
 
     def _checked(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         for batch in loader:
@@ -337,7 +394,14 @@ class ShardLoader:
             epoch, position, history = epoch + 1, 0, ()
         return encode_state(
             LoaderState(
-                self.split, self.fingerprint, self.seed, epoch, position, self.topology, history
+                self.split,
+                self.fingerprint,
+                self.seed,
+                epoch,
+                position,
+                self.topology,
+                history,
+                self.exclude_digest,
             )
         )
 
@@ -349,6 +413,7 @@ class ShardLoader:
             fingerprint=self.fingerprint,
             seed=self.seed,
             where=self.root.uri,
+            exclude=self.exclude_digest,
         )
         old, epoch, position, history = saved.topology, saved.epoch, saved.position, saved.history
         if not self.train:
@@ -373,11 +438,10 @@ class ShardLoader:
             history = (*history, Segment(old, position))
         self._epoch, self._position, self._history = epoch, 0, history
         plan = self._plan()
-        consumed = plan.stream.num_samples - len(plan.pool)
         self._resume_note = (
             f"topology changed from {old.describe()} to {self.topology.describe()}: "
-            f"epoch {epoch} continues; {consumed} of its {plan.stream.num_samples} samples were "
-            f"already consumed, the remaining {len(plan.pool)} are re-split into "
+            f"epoch {epoch} continues; {plan.consumed_before} of its {plan.stream.num_samples} "
+            f"samples were already consumed, the remaining {plan.pool_size} are re-split into "
             f"{plan.batches_per_rank} batches per rank ({plan.dropped} dropped as the "
             "remainder); the next epoch starts whole with the new topology"
         )
